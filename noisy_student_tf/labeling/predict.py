@@ -1,0 +1,47 @@
+"""The teacher's pseudo labels: un-noised predictions on clean images.
+
+The paper (section 2) labels with the teacher *not* noised: inference mode
+(no dropout, no stochastic depth, batch-norm moving statistics) on the
+un-augmented image. Predictions are stored at temperature 1; a temperature
+is applied when they become training targets, as in the official main.py
+(`pow(probs, 1/T)` renormalised, which equals softmax(logits / T)).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def predict_probabilities(teacher: keras.Model, images, batch_size: int = 256,
+                          verbose: int | str = "auto") -> np.ndarray:
+    """Softmax of the teacher's logits in inference mode: float32 [N, C].
+
+    Args:
+      teacher: maps uint8/float pixels [B, H, W, 3] to logits.
+      images: uint8 [N, H, W, 3] array or a tf.data.Dataset of image batches;
+        never augmented here.
+    """
+    logits = teacher.predict(images, batch_size=batch_size, verbose=verbose)
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    return (probs / probs.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def training_targets(probs: np.ndarray, soft: bool = True, temperature: float = 1.0,
+                     label_smoothing: float = 0.1) -> np.ndarray:
+    """Turns stored teacher probabilities into the student's targets [N, C].
+
+    Soft: probs ** (1/T), renormalised (T < 1 sharpens, T > 1 flattens).
+    Hard: one-hot argmax with the same label smoothing as real labels
+    (official main.py applies `label_smoothing` to hard pseudo labels too).
+    """
+    probs = np.asarray(probs, np.float64)
+    num_classes = probs.shape[-1]
+    if soft:
+        if temperature <= 0:
+            raise ValueError(f"pseudo.temperature must be > 0, got {temperature}")
+        scaled = np.power(np.maximum(probs, 1e-30), 1.0 / temperature)
+        return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
+    one_hot = np.eye(num_classes)[probs.argmax(axis=-1)]
+    return (one_hot * (1 - label_smoothing) + label_smoothing / num_classes).astype(np.float32)

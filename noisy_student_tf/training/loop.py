@@ -1,0 +1,231 @@
+"""The iterative Noisy Student loop (paper, Algorithm 1).
+
+  iteration 0: train a noised teacher on the labeled images.
+  iteration i: the previous model, un-noised, labels the unlabeled pool;
+               the labels are filtered by confidence and balanced per class;
+               an equal-or-larger noised student trains on labeled +
+               pseudo-labeled images; it becomes the next teacher.
+
+Everything is configured by one ml_collections ConfigDict (see
+experiments/configs/digits.py for every key). `run` returns the results
+dict that experiments/noisy_student.py writes to results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from noisy_student_tf import evaluation, labeling
+from noisy_student_tf.data import pipeline
+from noisy_student_tf.data.sources import SemiSupervisedData
+from noisy_student_tf.labeling.select import validate_threshold
+from noisy_student_tf.models import build_efficientnet
+from noisy_student_tf.training.noisy_student import NoisyStudent
+from noisy_student_tf.training.optimization import build_optimizer
+from noisy_student_tf.training.strategy import get_strategy
+
+
+def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
+    """The EfficientNet a config's `teacher` or `student` block describes."""
+    overrides = {}
+    for key in ("width_coefficient", "depth_coefficient"):
+        if model_config.get(key):
+            overrides[key] = model_config[key]
+    return build_efficientnet(
+        model_config.architecture, num_classes=num_classes,
+        input_shape=(image_size, image_size, 3), dropout_rate=model_config.dropout_rate,
+        final_survival_prob=model_config.final_survival_prob,
+        small_image=model_config.small_image, **overrides)
+
+
+def validate_config(config) -> None:
+    """Raises ValueError for settings that would waste a run; called before training."""
+    validate_threshold(config.pseudo.threshold)
+    if config.pseudo.unlabeled_ratio < 1 or int(config.pseudo.unlabeled_ratio) != config.pseudo.unlabeled_ratio:
+        raise ValueError(f"pseudo.unlabeled_ratio must be an integer >= 1, got "
+                         f"{config.pseudo.unlabeled_ratio}")
+    if config.pseudo.soft and config.pseudo.temperature <= 0:
+        raise ValueError(f"pseudo.temperature must be > 0, got {config.pseudo.temperature}")
+    if config.num_iterations < 0:
+        raise ValueError(f"num_iterations must be >= 0, got {config.num_iterations}")
+    if config.train.batch_size < 1:
+        raise ValueError(f"train.batch_size must be >= 1, got {config.train.batch_size}")
+    if config.pseudo.images_per_class < 0:
+        raise ValueError(f"pseudo.images_per_class must be >= 0 (0 = no balancing), got "
+                         f"{config.pseudo.images_per_class}")
+    for role in ("teacher", "student"):
+        magnitude = config[role].randaugment_magnitude
+        if not 0 <= magnitude <= 30:
+            raise ValueError(f"{role}.randaugment_magnitude must be in [0, 30], got {magnitude}")
+
+
+def check_student_size(teacher: keras.Model, student: keras.Model, allow_smaller: bool) -> None:
+    """The paper's students are equal or larger than their teachers."""
+    t, s = teacher.count_params(), student.count_params()
+    if s < t and not allow_smaller:
+        raise ValueError(f"the student ({s:,} parameters) is smaller than its teacher "
+                         f"({t:,}); Noisy Student uses an equal-or-larger student. Set "
+                         f"allow_smaller_student=True to run it anyway")
+
+
+def _augment(model_config, seed: int):
+    if model_config.randaugment_magnitude <= 0 or model_config.randaugment_layers <= 0:
+        return None
+    from noisy_student_tf.augment import RandAugment
+
+    return RandAugment(num_layers=model_config.randaugment_layers,
+                       magnitude=model_config.randaugment_magnitude,
+                       cutout=model_config.cutout, seed=seed)
+
+
+def train_one(config, strategy, data: SemiSupervisedData, model_config, epochs: int,
+              seed: int, unlabeled_images=None, unlabeled_targets=None,
+              teacher: keras.Model | None = None) -> keras.Model:
+    """Trains one noised model with fit(); returns it holding its EMA weights."""
+    train = config.train
+    image_size = data.test_images.shape[1]
+    steps = train.steps_per_epoch or math.ceil(len(data.labeled_labels) / train.batch_size)
+    labeled = tf.data.Dataset.from_tensor_slices((data.labeled_images, data.labeled_labels))
+    unlabeled = None
+    if unlabeled_images is not None:
+        online = config.pseudo.online
+        unlabeled = tf.data.Dataset.from_tensor_slices(
+            unlabeled_images if online else (unlabeled_images, unlabeled_targets))
+    ds = pipeline.training_dataset(
+        labeled, train.batch_size, unlabeled,
+        unlabeled_ratio=config.pseudo.unlabeled_ratio if unlabeled is not None else 0,
+        augment=_augment(model_config, seed), online_teacher=config.pseudo.online, seed=seed)
+    with strategy.scope():
+        student = build_model(model_config, data.num_classes, image_size)
+        model = NoisyStudent(
+            student, data.num_classes, unlabeled_ratio=config.pseudo.unlabeled_ratio,
+            label_smoothing=train.label_smoothing, weight_decay=train.weight_decay,
+            teacher=teacher if config.pseudo.online else None,
+            temperature=config.pseudo.temperature if config.pseudo.soft else None)
+        model.compile(optimizer=build_optimizer(train, train.batch_size, steps, epochs),
+                      jit_compile=config.jit_compile)
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=config.verbose)
+    return student
+
+
+def _plot(rows: list, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["iteration"] for r in rows], [100 * r["test_top1"] for r in rows], "o-",
+            label="test top-1")
+    ax.plot([r["iteration"] for r in rows], [100 * r["pseudo_label_accuracy"] for r in rows],
+            "s--", label="pseudo-label accuracy (pool)")
+    ax.set_xticks([r["iteration"] for r in rows],
+                  [("teacher" if r["role"] == "teacher" else f"student {r['iteration']}")
+                   for r in rows])
+    ax.set_ylabel("accuracy (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_table(rows: list) -> str:
+    """A plain-text table of the results rows."""
+    lines = [f"{'model':<12}{'architecture':<34}{'test top-1':>11}{'pseudo acc':>11}"
+             f"{'kept':>7}{'dropped':>8}{'wall s':>8}"]
+    for r in rows:
+        name = "teacher" if r["role"] == "teacher" else f"student {r['iteration']}"
+        lines.append(f"{name:<12}{r['architecture']:<34}{100 * r['test_top1']:>10.2f}%"
+                     f"{100 * r['pseudo_label_accuracy']:>10.2f}%{r['kept']:>7}"
+                     f"{r['dropped']:>8}{r['wall_s']:>8.1f}")
+    return "\n".join(lines)
+
+
+def _describe(model_config) -> str:
+    text = model_config.architecture
+    if model_config.get("width_coefficient") or model_config.get("depth_coefficient"):
+        text += f" w{model_config.width_coefficient:g} d{model_config.depth_coefficient:g}"
+    return text + (" small" if model_config.small_image else "")
+
+
+def run(config, workdir: str, data: SemiSupervisedData) -> dict:
+    """Runs teacher + `num_iterations` students; writes checkpoints, plot, SavedModel.
+
+    Returns {"models": [row per model], "config": resolved config}; see
+    README for the row fields.
+    """
+    validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    keras.utils.set_random_seed(config.seed)
+    strategy = get_strategy(config.strategy, config.tpu_address)
+    image_size = data.test_images.shape[1]
+    check_student_size(build_model(config.teacher, data.num_classes, image_size),
+                       build_model(config.student, data.num_classes, image_size),
+                       config.allow_smaller_student)
+    logging.info("data: %s", data.summary())
+
+    rows, model = [], None
+    for iteration in range(config.num_iterations + 1):
+        role = "teacher" if iteration == 0 else "student"
+        model_config = config.teacher if iteration == 0 else config.student
+        start = time.time()
+        if iteration == 0:
+            print(f"== iteration 0: teacher {_describe(model_config)} on "
+                  f"{len(data.labeled_labels)} labeled images", flush=True)
+            model = train_one(config, strategy, data, model_config, config.train.teacher_epochs,
+                              seed=config.seed)
+        else:
+            targets = labeling.training_targets(
+                probs[selection.indices], config.pseudo.soft, config.pseudo.temperature,
+                config.train.label_smoothing)
+            print(f"== iteration {iteration}: student {_describe(model_config)} on "
+                  f"{len(data.labeled_labels)} labeled + {len(selection.indices)} "
+                  f"pseudo-labeled images", flush=True)
+            model = train_one(config, strategy, data, model_config, config.train.student_epochs,
+                              seed=config.seed + iteration,
+                              unlabeled_images=data.unlabeled_images[selection.indices],
+                              unlabeled_targets=targets, teacher=model)
+        wall = time.time() - start
+        # The model, un-noised, labels the pool (for the next student, and to
+        # report how good its labels are), then the labels are filtered.
+        probs = labeling.predict_probabilities(model, data.unlabeled_images,
+                                               config.train.eval_batch_size, verbose=0)
+        selection = labeling.filter_and_balance(
+            probs, config.pseudo.threshold, config.pseudo.images_per_class,
+            seed=config.seed + iteration)
+        row = {
+            "role": role, "iteration": iteration, "architecture": _describe(model_config),
+            "parameters": int(model.count_params()),
+            "test_top1": evaluation.top1_accuracy(model, data.test_images, data.test_labels,
+                                                  config.train.eval_batch_size),
+            "pseudo_label_accuracy": evaluation.agreement(probs, data.unlabeled_labels),
+            "kept": selection.num_kept_unique,
+            "dropped": selection.num_in - selection.num_kept_unique,
+            "dropped_below_threshold": selection.num_below_threshold,
+            "wall_s": round(wall, 1),
+        }
+        rows.append(row)
+        print(f"   test top-1 {100 * row['test_top1']:.2f}%, pseudo-label accuracy "
+              f"{100 * row['pseudo_label_accuracy']:.2f}%, kept {row['kept']} / "
+              f"{selection.num_in}", flush=True)
+        model.save_weights(os.path.join(workdir, f"iteration_{iteration}_{role}.weights.h5"))
+        with open(os.path.join(workdir, f"iteration_{iteration}_selection.json"), "w") as f:
+            json.dump(selection.manifest(), f, indent=1)
+
+    evaluation.export_saved_model(model, os.path.join(workdir, "saved_model"))
+    _plot(rows, os.path.join(workdir, "accuracy.png"))
+    results = {"models": rows, "config": config.to_dict()}
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
