@@ -1,0 +1,58 @@
+"""Noisy Student on CIFAR-10 with 4,000 labels ("cifar10-4k").
+
+  python experiments/noisy_student.py --config=experiments/configs/cifar10_4k.py \
+      --config.data.path=../shared/data/cifar10 --workdir=runs/cifar10_4k
+
+Labeled: the first 400 records of each class in shard order (the protocol
+in ../shared/data/cifar10/README.md); unlabeled: the other 46,000 train
+records; test: the 10,000 test records. EfficientNet-B0 in the official
+small-image variant (stride 1 in stages 2-3, so 32 px ends at 4x4 rather
+than 1x1). Sized for one accelerator: on a 2-core CPU a teacher alone
+takes hours. `:smoke` shrinks it to a CPU-minute check of the data path.
+"""
+
+import importlib.util
+import os
+
+
+def _load_digits_config():
+    """The digits config module beside this file: every key and its comment."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py")
+    spec = importlib.util.spec_from_file_location("digits_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(arg=None):
+    digits = _load_digits_config()
+    model = digits.model
+    config = digits.get_config()
+    config.data.source = "tfrecord"
+    config.data.path = "../shared/data/cifar10"
+    config.data.num_labeled_per_class = 400
+    config.teacher = model(dropout_rate=0.2, magnitude=9)
+    config.student = model(dropout_rate=0.5, magnitude=18)
+    for block in (config.teacher, config.student):
+        block.width_coefficient = 1.0
+        block.depth_coefficient = 1.0
+        block.batch_norm_momentum = 0.99  # official
+    config.train.batch_size = 128
+    config.train.teacher_epochs = 200
+    config.train.student_epochs = 200
+    config.train.optimizer = "sgd"
+    config.train.learning_rate = 0.1
+    config.train.ema_decay = 0.999
+    config.pseudo.images_per_class = 4000
+    config.pseudo.unlabeled_ratio = 7
+    if arg == "smoke":
+        config.num_iterations = 1
+        config.teacher.width_coefficient = config.student.width_coefficient = 0.25
+        config.teacher.depth_coefficient = config.student.depth_coefficient = 0.25
+        config.train.batch_size = 32
+        config.train.teacher_epochs = config.train.student_epochs = 1
+        config.train.steps_per_epoch = 3
+        config.pseudo.threshold = 0.0
+        config.pseudo.images_per_class = 50
+        config.verbose = 0
+    return config

@@ -1,0 +1,15 @@
+"""EfficientNet B0-B7 and L2 with Noisy Student's noise (dropout, stochastic depth)."""
+
+from noisy_student_tf.models.efficientnet import BLOCKS
+from noisy_student_tf.models.efficientnet import VARIANTS
+from noisy_student_tf.models.efficientnet import build_efficientnet
+from noisy_student_tf.models.layers import StochasticDepth
+from noisy_student_tf.models.weights import load_keras_applications_weights
+
+__all__ = [
+    "BLOCKS",
+    "VARIANTS",
+    "StochasticDepth",
+    "build_efficientnet",
+    "load_keras_applications_weights",
+]
