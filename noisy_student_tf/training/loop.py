@@ -36,7 +36,7 @@ from noisy_student_tf.training.strategy import get_strategy
 def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
     """The EfficientNet a config's `teacher` or `student` block describes."""
     overrides = {}
-    for key in ("width_coefficient", "depth_coefficient"):
+    for key in ("width_coefficient", "depth_coefficient", "batch_norm_momentum"):
         if model_config.get(key):
             overrides[key] = model_config[key]
     return build_efficientnet(
@@ -112,7 +112,7 @@ def train_one(config, strategy, data: SemiSupervisedData, model_config, epochs: 
             temperature=config.pseudo.temperature if config.pseudo.soft else None)
         model.compile(optimizer=build_optimizer(train, train.batch_size, steps, epochs),
                       jit_compile=config.jit_compile)
-    model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=config.verbose)
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=config.verbose, shuffle=False)
     return student
 
 
@@ -186,6 +186,11 @@ def run(config, workdir: str, data: SemiSupervisedData) -> dict:
             model = train_one(config, strategy, data, model_config, config.train.teacher_epochs,
                               seed=config.seed)
         else:
+            if len(selection.indices) == 0:
+                raise ValueError(
+                    f"no unlabeled image reached pseudo.threshold={config.pseudo.threshold} "
+                    f"after iteration {iteration - 1}; lower the threshold or train the "
+                    f"teacher longer (train.teacher_epochs)")
             targets = labeling.training_targets(
                 probs[selection.indices], config.pseudo.soft, config.pseudo.temperature,
                 config.train.label_smoothing)
@@ -219,7 +224,7 @@ def run(config, workdir: str, data: SemiSupervisedData) -> dict:
         print(f"   test top-1 {100 * row['test_top1']:.2f}%, pseudo-label accuracy "
               f"{100 * row['pseudo_label_accuracy']:.2f}%, kept {row['kept']} / "
               f"{selection.num_in}", flush=True)
-        model.save_weights(os.path.join(workdir, f"iteration_{iteration}_{role}.weights.h5"))
+        model.save(os.path.join(workdir, f"iteration_{iteration}_{role}.keras"))
         with open(os.path.join(workdir, f"iteration_{iteration}_selection.json"), "w") as f:
             json.dump(selection.manifest(), f, indent=1)
 
