@@ -71,7 +71,8 @@ def source_example(encoded: bytes, label: int = UNLABELED, key: bytes = b"",
 
 
 def add_teacher_view(example: tf.train.Example, probs: np.ndarray,
-                     topk: int | None = None) -> tf.train.Example:
+                     topk: int | None = None,
+                     confidence: float | None = None) -> tf.train.Example:
     """Returns a copy of `example` with the teacher's prediction added.
 
     Args:
@@ -79,6 +80,10 @@ def add_teacher_view(example: tf.train.Example, probs: np.ndarray,
       probs: float [num_classes], the teacher's softmax distribution.
       topk: store only the k most probable classes (sparse form for 1000+
         classes); None stores the full distribution.
+      confidence: the value stored as `teacher/confidence`; None stores
+        max(probs). tools/label.py passes the temperature-1 confidence when
+        `probs` is tempered or one-hot, so the filter threshold keeps its
+        meaning.
     """
     probs = np.asarray(probs, np.float32)
     out = tf.train.Example()
@@ -86,7 +91,9 @@ def add_teacher_view(example: tf.train.Example, probs: np.ndarray,
     feature = out.features.feature
     label = int(np.argmax(probs))
     feature[TEACHER_LABEL].CopyFrom(_ints([label]))
-    feature[TEACHER_CONFIDENCE].CopyFrom(_floats([float(probs[label])]))
+    if confidence is None:
+        confidence = float(probs[label])
+    feature[TEACHER_CONFIDENCE].CopyFrom(_floats([float(confidence)]))
     if topk is None:
         feature[TEACHER_PROBS].CopyFrom(_floats(probs.tolist()))
     else:
@@ -104,8 +111,13 @@ def decode_image(encoded: tf.Tensor, image_size: int | None = None) -> tf.Tensor
     """
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     if image_size is not None:
-        image = tf.image.resize(image, [image_size, image_size], antialias=True)
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        def resize():
+            resized = tf.image.resize(image, [image_size, image_size], antialias=True)
+            return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+        # Resizing to the same size is the identity; skip its cost when labeling.
+        same = tf.reduce_all(tf.shape(image)[:2] == image_size)
+        image = tf.cond(same, lambda: image, resize)
     image.set_shape([image_size, image_size, 3] if image_size else [None, None, 3])
     return image
 
@@ -140,3 +152,74 @@ def parse_pseudo(serialized: tf.Tensor, num_classes: int) -> dict:
     parsed[TEACHER_PROBS] = tf.ensure_shape(probs, [num_classes])
     del parsed[TEACHER_TOPK_CLASSES], parsed[TEACHER_TOPK_PROBS]
     return parsed
+
+
+def image_format(encoded: bytes) -> bytes:
+    """b"jpeg", b"png", b"gif", b"bmp" from the magic bytes, else b""."""
+    if encoded[:3] == b"\xff\xd8\xff":
+        return b"jpeg"
+    if encoded[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"png"
+    if encoded[:4] == b"GIF8":
+        return b"gif"
+    if encoded[:2] == b"BM":
+        return b"bmp"
+    return b""
+
+
+def _one(feature, kind):
+    values = getattr(feature, kind).value
+    return values[0] if len(values) == 1 else None
+
+
+def check_pseudo(serialized: bytes, num_classes: int):
+    """Validates a pseudo-labeled record in plain Python, without raising.
+
+    Returns:
+      (fields, None) for a good record, where fields is a dict with `label`
+      (teacher argmax, int), `confidence` (float) and `key` (bytes); or
+      (None, reason) where reason is one of REJECT_REASONS.
+    """
+    try:
+        feature = tf.train.Example.FromString(serialized).features.feature
+    except Exception:  # noqa: BLE001 - any parse failure is the same bad record
+        return None, "unparseable"
+    if IMAGE not in feature or not _one(feature[IMAGE], "bytes_list"):
+        return None, "missing_image"
+    if TEACHER_LABEL not in feature or TEACHER_CONFIDENCE not in feature:
+        return None, "missing_teacher_view"
+    label = _one(feature[TEACHER_LABEL], "int64_list")
+    confidence = _one(feature[TEACHER_CONFIDENCE], "float_list")
+    if label is None or confidence is None:
+        return None, "missing_teacher_view"
+    if not 0 <= label < num_classes:
+        return None, "teacher_label_out_of_range"
+    if not 0.0 <= confidence <= 1.0:  # also rejects NaN
+        return None, "confidence_out_of_range"
+    if LABEL in feature:
+        # The source label may come from another label space (JFT's classes
+        # for an ImageNet teacher), so only its form is checked here.
+        true_label = _one(feature[LABEL], "int64_list")
+        if true_label is None or true_label < UNLABELED:
+            return None, "bad_source_label"
+    probs = feature[TEACHER_PROBS].float_list.value if TEACHER_PROBS in feature else []
+    if len(probs):
+        if len(probs) != num_classes:
+            return None, "probs_wrong_length"
+    else:
+        classes = (feature[TEACHER_TOPK_CLASSES].int64_list.value
+                   if TEACHER_TOPK_CLASSES in feature else [])
+        topk = (feature[TEACHER_TOPK_PROBS].float_list.value
+                if TEACHER_TOPK_PROBS in feature else [])
+        if not len(classes) or len(classes) != len(topk) or len(classes) > num_classes:
+            return None, "probs_wrong_length"
+        if min(classes) < 0 or max(classes) >= num_classes:
+            return None, "topk_class_out_of_range"
+    key = _one(feature[KEY], "bytes_list") if KEY in feature else None
+    return {"label": int(label), "confidence": float(confidence), "key": key or b""}, None
+
+
+REJECT_REASONS = ("unparseable", "missing_image", "missing_teacher_view",
+                  "teacher_label_out_of_range", "confidence_out_of_range",
+                  "bad_source_label", "probs_wrong_length", "topk_class_out_of_range",
+                  "undecodable_image")

@@ -46,6 +46,16 @@ def validate_threshold(threshold: float) -> None:
         raise ValueError(f"confidence threshold must be in [0, 1], got {threshold}")
 
 
+def class_rng(seed: int, class_index: int) -> np.random.Generator:
+    """The duplication choice's generator for one class, seeded by (seed, class).
+
+    Seeding per class (not one stream over all classes) lets a distributed
+    pipeline (tools/filter_balance.py) make the same choice for a class
+    without knowing the order in which other classes were processed.
+    """
+    return np.random.default_rng([int(seed), int(class_index)])
+
+
 def balanced_quota(num_candidates: int, quota: int, rng: np.random.Generator) -> np.ndarray:
     """Copies per candidate so that n candidates fill exactly `quota` slots.
 
@@ -65,14 +75,14 @@ def filter_and_balance(probs: np.ndarray, threshold: float = 0.3,
       probs: float [N, C], the teacher's (temperature-1) distribution.
       threshold: keep records whose max probability is >= threshold (0.3).
       images_per_class: K; None or 0 keeps every confident record unbalanced.
-      seed: for the choice of which under-full candidates get an extra copy.
+      seed: for the choice of which under-full candidates get an extra copy;
+        class c draws from `class_rng(seed, c)`.
     """
     validate_threshold(threshold)
     probs = np.asarray(probs)
     confidence = probs.max(axis=-1)
     predicted = probs.argmax(axis=-1)
     confident = confidence >= threshold
-    rng = np.random.default_rng(seed)
     chosen, per_class, over_quota = [], [], 0
     for c in range(probs.shape[-1]):
         candidates = np.flatnonzero(confident & (predicted == c))
@@ -85,7 +95,7 @@ def filter_and_balance(probs: np.ndarray, threshold: float = 0.3,
             kept, copies = candidates[:images_per_class], np.ones(images_per_class, np.int64)
             over_quota += n - images_per_class
         elif n > 0:
-            kept, copies = candidates, balanced_quota(n, images_per_class, rng)
+            kept, copies = candidates, balanced_quota(n, images_per_class, class_rng(seed, c))
         else:
             kept, copies = candidates, np.zeros(0, np.int64)
         chosen.append(np.repeat(kept, copies))

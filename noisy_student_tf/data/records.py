@@ -1,0 +1,175 @@
+"""Sharded TFRecord files: naming, listing, reading, atomic writing, manifests.
+
+Every tool reads and writes shards named `PREFIX-00003-of-00128.tfrecord`
+(docs/data_format.md). A shard is written to a temporary name beside its
+final one and renamed when complete, so a killed job never leaves a file
+that looks finished; the rerun finds the temporary file and starts that
+shard over. The reader here is plain Python over `tf.io.gfile` (local,
+GCS, ...) so it runs inside Beam workers without a TF graph, and a damaged
+file raises an error that names it instead of stopping in the middle of a
+pipeline with "truncated record at 1234".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import uuid
+from typing import Iterator
+
+import tensorflow as tf
+
+SUFFIX = ".tfrecord"
+TMP_MARK = ".tmp-"  # PATH.tmp-<random>: a shard being written
+
+
+def shard_name(prefix: str, index: int, num_shards: int) -> str:
+    """`PREFIX-00003-of-00128.tfrecord`."""
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}{SUFFIX}"
+
+
+def list_files(input_spec: str) -> list[str]:
+    """The sorted files of a glob, or the `*.tfrecord*` shards of a folder.
+
+    Raises:
+      FileNotFoundError: the path does not exist or matches no shard; the
+        message names it.
+    """
+    if not input_spec:
+        raise ValueError("--input is empty; give a file glob or a folder of shards")
+    if tf.io.gfile.isdir(input_spec):
+        pattern = os.path.join(input_spec, f"*{SUFFIX}*")
+    else:
+        pattern = input_spec
+    files = sorted(f for f in tf.io.gfile.glob(pattern)
+                   if TMP_MARK not in os.path.basename(f) and not f.endswith(".json"))
+    if not files:
+        what = "folder" if tf.io.gfile.isdir(input_spec) else "path or glob"
+        raise FileNotFoundError(f"input {what} {input_spec!r} matches no TFRecord file")
+    return files
+
+
+def read_records(path: str) -> Iterator[bytes]:
+    """Yields the serialized records of one TFRecord file, in order.
+
+    The TFRecord framing is: uint64 length, uint32 masked crc of the length,
+    the data, uint32 masked crc of the data (little endian). CRCs are not
+    checked here (tf.data checks them where images are decoded).
+
+    Raises:
+      IOError: the file is missing or ends in the middle of a record; the
+        message names the file and the record index.
+    """
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"TFRecord file {path!r} does not exist")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        index = 0
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise IOError(f"TFRecord file {path!r} is truncated: record {index} "
+                              f"has a {len(header)}-byte header (expected 12)")
+            (length,) = struct.unpack("<Q", header[:8])
+            body = f.read(length + 4)
+            if len(body) < length + 4:
+                raise IOError(f"TFRecord file {path!r} is truncated: record {index} "
+                              f"needs {length + 4} bytes, {len(body)} remain")
+            yield body[:length]
+            index += 1
+
+
+def count_records(path: str) -> int:
+    """Number of records in a local or remote file, checking it is not truncated.
+
+    Reads only the 12-byte headers (seeking over the data), so it is cheap.
+    """
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"TFRecord file {path!r} does not exist")
+    size = tf.io.gfile.stat(path).length
+    count, offset = 0, 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while offset < size:
+            f.seek(offset)
+            header = f.read(12)
+            if len(header) < 12:
+                raise IOError(f"TFRecord file {path!r} is truncated: record {count} "
+                              f"has a {len(header)}-byte header (expected 12)")
+            (length,) = struct.unpack("<Q", header[:8])
+            offset += 12 + length + 4
+            if offset > size:
+                raise IOError(f"TFRecord file {path!r} is truncated: record {count} "
+                              f"ends at byte {offset}, the file has {size}")
+            count += 1
+    return count
+
+
+class AtomicWriter:
+    """A TFRecordWriter on `path.tmp-<random>`, renamed to `path` by `commit()`.
+
+    Used as a context manager, an exception (or a kill) leaves only the
+    temporary file, which `remove_stale_temporaries` cleans on the rerun.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.tmp_path = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+        self._writer = tf.io.TFRecordWriter(self.tmp_path)
+        self.count = 0
+
+    def write(self, record: bytes) -> None:
+        self._writer.write(record)
+        self.count += 1
+
+    def commit(self) -> str:
+        self._writer.close()
+        tf.io.gfile.rename(self.tmp_path, self.path, overwrite=True)
+        return self.path
+
+    def abort(self) -> None:
+        self._writer.close()
+        if tf.io.gfile.exists(self.tmp_path):
+            tf.io.gfile.remove(self.tmp_path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+
+def remove_stale_temporaries(output_path: str) -> None:
+    """Deletes `output_path.tmp-*` left by a killed writer."""
+    for stale in tf.io.gfile.glob(f"{output_path}{TMP_MARK}*"):
+        tf.io.gfile.remove(stale)
+
+
+def write_json(path: str, payload: dict) -> str:
+    """Writes JSON atomically (temp name, then rename)."""
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return path
+
+
+def read_json(path: str) -> dict:
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+class Timer:
+    """Seconds since construction, for the manifests' `elapsed_s`."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return round(time.perf_counter() - self.start, 3)

@@ -1,0 +1,337 @@
+"""The paper's filter-and-balance rule as an Apache Beam pipeline (JFT scale).
+
+Same rule as select.filter_and_balance, record for record (tests check
+that): drop records whose teacher confidence is below `threshold`; a class
+with n > K candidates keeps its K most confident (ties broken by image key);
+a class with 0 < n <= K candidates gives each floor(K / n) copies and a
+choice of K mod n of them, drawn from `select.class_rng(seed, class)` over the
+candidates in (confidence desc, key asc) order, one more.
+
+Scale: no worker holds a class's records. `Top.PerKey` keeps, per class, a
+bounded heap of K (confidence, key) pairs (no image bytes). Over-full classes
+reduce to one cutoff pair each (a tiny side input); under-full classes, whose
+candidate lists are shorter than K by definition, are turned into per-key
+copy counts and joined back to their records with CoGroupByKey.
+
+Determinism: every copy goes to output shard hash(seed, key, copy) mod S and
+a shard is sorted by that hash before it is written, so the output bytes do
+not depend on the runner's ordering or parallelism, and the order looks
+shuffled to a reader. All counts (records in, dropped and why, per class)
+are data in the pipeline, not metrics, so they are exact under retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
+from absl import logging
+
+from noisy_student_tf.data import records, schema
+from noisy_student_tf.labeling import report
+from noisy_student_tf.labeling.select import balanced_quota, class_rng, validate_threshold
+
+HIST_BINS = 20  # confidence histogram bins over [0, 1]
+
+
+class _Classify(beam.DoFn):
+    """Validates records and drops those below the threshold.
+
+    Main output: (class, (-confidence, key, serialized)) for candidates.
+    Tagged 'stats': (name, count) pairs, summed per bundle.
+    """
+
+    def __init__(self, num_classes: int, threshold: float, check_images: bool):
+        self._num_classes = num_classes
+        self._threshold = np.float32(threshold)
+        self._check_images = check_images
+
+    def start_bundle(self):
+        self._stats = {}
+
+    def _count(self, name, n=1):
+        self._stats[name] = self._stats.get(name, 0) + n
+
+    def process(self, serialized):
+        self._count("in")
+        fields, reason = schema.check_pseudo(serialized, self._num_classes)
+        if fields is None:
+            self._count(f"invalid/{reason}")
+            return
+        if self._check_images and not _decodes(serialized):
+            self._count("invalid/undecodable_image")
+            return
+        label, confidence = fields["label"], np.float32(fields["confidence"])
+        self._count(f"total/{label}")
+        self._count(f"hist/{min(int(confidence * HIST_BINS), HIST_BINS - 1)}")
+        if confidence < self._threshold:  # compared in float32, as select.py does
+            self._count("below_threshold")
+            return
+        self._count(f"candidates/{label}")
+        yield label, (-float(confidence), fields["key"], serialized)
+
+    def finish_bundle(self):
+        for item in self._stats.items():
+            yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(item))
+
+
+def _decodes(serialized: bytes) -> bool:
+    feature = tf.train.Example.FromString(serialized).features.feature
+    try:
+        tf.io.decode_image(feature[schema.IMAGE].bytes_list.value[0], channels=3,
+                           expand_animations=False)
+    except (tf.errors.InvalidArgumentError, ValueError):
+        return False
+    return True
+
+
+def _plan(class_and_top, counts: dict, images_per_class: int, seed: int):
+    """One class's top-K list -> ('cutoff', class, pair) or ('copies', (class, key), n)."""
+    label, top = class_and_top
+    top = sorted(top)  # (-confidence, key): most confident first
+    n = counts[label]
+    if n > images_per_class:
+        yield "cutoff", label, top[-1]
+        return
+    copies = balanced_quota(n, images_per_class, class_rng(seed, label))
+    for (_, key), c in zip(top, copies):
+        yield "copies", (label, key), int(c)
+
+
+class _Route(beam.DoFn):
+    """Over-full classes: keep a record iff it is within its class's cutoff.
+    Under-full classes go to the join (tag 'under'). No balancing: keep all."""
+
+    def __init__(self, images_per_class: int):
+        self._k = images_per_class
+
+    def start_bundle(self):
+        self._over = 0
+
+    def process(self, element, counts, cutoffs):
+        label, (neg_conf, key, serialized) = element
+        if not self._k:
+            yield label, key, 1, serialized
+        elif counts[label] > self._k:
+            if (neg_conf, key) <= cutoffs[label]:
+                yield label, key, 1, serialized
+            else:
+                self._over += 1
+        else:
+            yield beam.pvalue.TaggedOutput("under", ((label, key), serialized))
+
+    def finish_bundle(self):
+        if self._over:
+            yield beam.pvalue.TaggedOutput(
+                "stats", GlobalWindows.windowed_value(("over_quota", self._over)))
+
+
+def _join_copies(element):
+    (label, key), grouped = element
+    copies = grouped["copies"]
+    for serialized in grouped["records"]:
+        yield label, key, copies[0], serialized
+
+
+def _shard_hash(seed: int, key: bytes, copy: int) -> bytes:
+    return hashlib.blake2b(b"%d\0%s\0%d" % (seed, key, copy), digest_size=8).digest()
+
+
+class _Expand(beam.DoFn):
+    """(class, key, copies, record) -> (shard, (hash, record)) for each copy."""
+
+    def __init__(self, seed: int, num_shards: int):
+        self._seed, self._num_shards = seed, num_shards
+
+    def start_bundle(self):
+        self._out = {}
+
+    def process(self, element):
+        label, key, copies, serialized = element
+        self._out[label] = self._out.get(label, 0) + copies
+        for j in range(copies):
+            h = _shard_hash(self._seed, key, j)
+            yield int.from_bytes(h, "big") % self._num_shards, (h, serialized)
+
+    def finish_bundle(self):
+        for label, n in self._out.items():
+            yield beam.pvalue.TaggedOutput("stats",
+                                           GlobalWindows.windowed_value((f"out/{label}", n)))
+
+
+class _WriteShard(beam.DoFn):
+    def __init__(self, output_dir: str, prefix: str, num_shards: int):
+        self._dir, self._prefix, self._num_shards = output_dir, prefix, num_shards
+
+    def process(self, element):
+        shard, items = element
+        path = os.path.join(self._dir, records.shard_name(self._prefix, shard, self._num_shards))
+        with records.AtomicWriter(path) as writer:
+            for _, serialized in sorted(items):
+                writer.write(serialized)
+        yield shard, writer.count
+
+
+def _stats_line(kv):
+    return json.dumps(list(kv))
+
+
+def build_pipeline(pipeline: beam.Pipeline, input_files: list[str], stats_prefix: str,
+                   output_dir: str, num_classes: int, threshold: float,
+                   images_per_class: int, num_output_shards: int, seed: int,
+                   check_images: bool, output_prefix: str) -> None:
+    """Adds the filter/balance transforms to `pipeline` (see the module docstring)."""
+    k = images_per_class
+    classified = (
+        pipeline
+        | "Files" >> beam.Create(input_files)
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "Read" >> beam.FlatMap(records.read_records)
+        | "Classify" >> beam.ParDo(_Classify(num_classes, threshold, check_images))
+        .with_outputs("stats", main="candidates"))
+    candidates = classified.candidates
+    counts = (candidates | "Ones" >> beam.Map(lambda kv: (kv[0], 1))
+              | "CountPerClass" >> beam.CombinePerKey(sum))
+    stats = [classified.stats]
+    if k:
+        plans = (
+            candidates
+            | "Pairs" >> beam.Map(lambda kv: (kv[0], (kv[1][0], kv[1][1])))
+            | "TopKPerClass" >> beam.combiners.Top.PerKey(k, reverse=True)
+            | "Plan" >> beam.FlatMap(_plan, counts=beam.pvalue.AsDict(counts),
+                                     images_per_class=k, seed=seed))
+        cutoffs = (plans | "Cutoffs" >> beam.Filter(lambda p: p[0] == "cutoff")
+                   | "CutoffKV" >> beam.Map(lambda p: (p[1], p[2])))
+        copies = (plans | "Copies" >> beam.Filter(lambda p: p[0] == "copies")
+                  | "CopiesKV" >> beam.Map(lambda p: (p[1], p[2])))
+        routed = candidates | "Route" >> beam.ParDo(
+            _Route(k), counts=beam.pvalue.AsDict(counts),
+            cutoffs=beam.pvalue.AsDict(cutoffs)).with_outputs("under", "stats", main="kept")
+        joined = ({"records": routed.under, "copies": copies}
+                  | "JoinCopies" >> beam.CoGroupByKey()
+                  | "WithCopies" >> beam.FlatMap(_join_copies))
+        kept = (routed.kept, joined) | "AllKept" >> beam.Flatten()
+        stats.append(routed.stats)
+    else:
+        kept = candidates | "KeepAll" >> beam.Map(lambda kv: (kv[0], kv[1][1], 1, kv[1][2]))
+    expanded = kept | "Expand" >> beam.ParDo(
+        _Expand(seed, num_output_shards)).with_outputs("stats", main="copies")
+    stats.append(expanded.stats)
+    _ = (expanded.copies
+         | "GroupByShard" >> beam.GroupByKey()
+         | "WriteShards" >> beam.ParDo(_WriteShard(output_dir, output_prefix, num_output_shards)))
+    _ = (tuple(stats) | "AllStats" >> beam.Flatten()
+         | "SumStats" >> beam.CombinePerKey(sum)
+         | "StatsJson" >> beam.Map(_stats_line)
+         | "WriteStats" >> beam.io.WriteToText(stats_prefix))
+
+
+def _read_stats(stats_dir: str) -> dict:
+    stats = {}
+    for path in tf.io.gfile.glob(os.path.join(stats_dir, "*")):
+        with tf.io.gfile.GFile(path) as f:
+            for line in f:
+                name, value = json.loads(line)
+                stats[name] = stats.get(name, 0) + value
+    return stats
+
+
+def run_filter_balance(input_files: list[str], output_dir: str, num_classes: int,
+                       threshold: float = 0.3, images_per_class: int = 0,
+                       num_output_shards: int = 1, seed: int = 0,
+                       check_images: bool = False, output_prefix: str = "pseudo",
+                       pipeline_args: list[str] | None = None, plots: bool = True) -> dict:
+    """Runs the pipeline; writes shards, manifest.json and plots into `output_dir`.
+
+    Args:
+      input_files: pseudo-labeled shards (tools/label.py output).
+      num_classes: the teacher's class count (probability vectors must match).
+      threshold: keep records with teacher/confidence >= threshold (paper: 0.3).
+      images_per_class: K (paper: 130K for ImageNet); 0 keeps every record
+        above the threshold, unbalanced.
+      num_output_shards: output files `PREFIX-0000i-of-S.tfrecord`; each is
+        sorted in one worker, so choose S so that a shard fits in memory.
+      seed: duplication choice and output order; same seed, same bytes.
+      check_images: also decode every image and drop undecodable ones.
+      pipeline_args: Beam options, e.g. ["--runner=DataflowRunner", ...];
+        the default is the DirectRunner.
+
+    Returns:
+      The manifest (see docs/data_format.md).
+    """
+    validate_threshold(threshold)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if images_per_class < 0 or num_output_shards < 1:
+        raise ValueError(f"images_per_class must be >= 0 (got {images_per_class}) and "
+                         f"num_output_shards >= 1 (got {num_output_shards})")
+    for path in input_files:
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"input file {path!r} does not exist")
+    timer = records.Timer()
+    tf.io.gfile.makedirs(output_dir)
+    for old in tf.io.gfile.glob(os.path.join(output_dir, f"{output_prefix}-*-of-*.tfrecord")):
+        tf.io.gfile.remove(old)  # a rerun replaces the whole output
+    stats_dir = os.path.join(output_dir, "_stats")
+    if tf.io.gfile.exists(stats_dir):
+        tf.io.gfile.rmtree(stats_dir)
+    options = PipelineOptions(pipeline_args or [])
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, input_files, os.path.join(stats_dir, "part"), output_dir,
+                       num_classes, threshold, images_per_class, num_output_shards, seed,
+                       check_images, output_prefix)
+    stats = _read_stats(stats_dir)
+    tf.io.gfile.rmtree(stats_dir)
+    shards = []
+    for i in range(num_output_shards):  # shards that received no record are written empty
+        path = os.path.join(output_dir, records.shard_name(output_prefix, i, num_output_shards))
+        if not tf.io.gfile.exists(path):
+            records.AtomicWriter(path).commit()
+        shards.append(os.path.basename(path))
+    manifest = build_manifest(stats, num_classes, images_per_class)
+    manifest.update({
+        "stage": "filter_balance", "inputs": len(input_files), "num_classes": num_classes,
+        "threshold": threshold, "images_per_class": images_per_class, "seed": seed,
+        "check_images": check_images, "num_output_shards": num_output_shards,
+        "shards": shards, "pipeline_args": list(pipeline_args or []),
+        "elapsed_s": timer.elapsed()})
+    if plots:
+        manifest["plots"] = report.plot_filter_balance(manifest, output_dir)
+    records.write_json(os.path.join(output_dir, "manifest.json"), manifest)
+    logging.info("filter_balance: %d in, %d out records in %d shards (%.1f s)",
+                 manifest["in"], manifest["out_records"], num_output_shards,
+                 manifest["elapsed_s"])
+    return manifest
+
+
+def build_manifest(stats: dict, num_classes: int, images_per_class: int) -> dict:
+    """Counts in, kept, dropped by reason and per class, from the pipeline's stats."""
+    invalid = {name.split("/", 1)[1]: n for name, n in sorted(stats.items())
+               if name.startswith("invalid/")}
+    per_class = []
+    for c in range(num_classes):
+        n = stats.get(f"candidates/{c}", 0)
+        kept = min(n, images_per_class) if images_per_class else n
+        out = stats.get(f"out/{c}", 0)
+        per_class.append({"class": c, "total": stats.get(f"total/{c}", 0), "candidates": n,
+                          "kept": kept, "copies": out, "duplicated": out - kept})
+    kept_unique = sum(p["kept"] for p in per_class)
+    dropped = {"below_threshold": stats.get("below_threshold", 0),
+               "over_quota": stats.get("over_quota", 0), "invalid": invalid}
+    num_dropped = dropped["below_threshold"] + dropped["over_quota"] + sum(invalid.values())
+    num_in = stats.get("in", 0)
+    if num_in != kept_unique + num_dropped:
+        raise RuntimeError(f"filter_balance counts do not add up: {num_in} in, "
+                           f"{kept_unique} kept, {num_dropped} dropped ({dropped})")
+    hist = [stats.get(f"hist/{b}", 0) for b in range(HIST_BINS)]
+    return {"in": num_in, "kept_unique": kept_unique, "dropped": dropped,
+            "num_dropped": num_dropped, "out_records": sum(p["copies"] for p in per_class),
+            "per_class": per_class,
+            "confidence_histogram": {"edges": np.linspace(0, 1, HIST_BINS + 1).round(3).tolist(),
+                                     "counts": hist}}

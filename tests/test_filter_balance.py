@@ -1,0 +1,156 @@
+"""Filter/balance stage: the Beam pipeline (labeling/beam_filter.py, tools/filter_balance.py)."""
+
+import collections
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from noisy_student_tf.data import pipeline, records, schema
+from noisy_student_tf.labeling import filter_and_balance
+from noisy_student_tf.labeling.beam_filter import run_filter_balance
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG = schema.encode_png(np.full((4, 4, 3), 7, np.uint8))
+
+
+def _probs(pred, conf, num_classes):
+    probs = np.zeros((len(pred), num_classes), np.float32)
+    for i, (p, c) in enumerate(zip(pred, conf)):
+        probs[i] = (1 - c) / (num_classes - 1)
+        probs[i, p] = c
+    return probs
+
+
+def _write(folder, probs, num_files=2, topk=None, extra=()):
+    """Pseudo records with keys 000000.., dealt over `num_files` shards."""
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, records.shard_name("labeled", s, num_files))
+             for s in range(num_files)]
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    for i, p in enumerate(probs):
+        ex = schema.add_teacher_view(schema.source_example(PNG, key=b"%06d" % i), p, topk)
+        writers[i % num_files].write(ex.SerializeToString())
+    for record in extra:
+        writers[0].write(record)
+    for w in writers:
+        w.close()
+    return paths
+
+
+def _key_counts(output_dir):
+    counts = collections.Counter()
+    for f in records.list_files(output_dir):
+        for r in records.read_records(f):
+            counts[int(tf.train.Example.FromString(r).features.feature[schema.KEY]
+                       .bytes_list.value[0])] += 1
+    return counts
+
+
+def test_known_confidences_give_exact_counts(tmp_path):
+    # class 0: 5 candidates, K=3 -> its 3 most confident; class 1: 2 candidates ->
+    # 3 records, both present; class 2: only below the threshold -> empty.
+    pred = [0, 0, 0, 0, 0, 1, 1, 1, 2]
+    conf = [0.9, 0.5, 0.95, 0.4, 0.6, 0.8, 0.35, 0.2, 0.25]
+    files = _write(str(tmp_path / "in"), _probs(pred, conf, 10))
+    m = run_filter_balance(files, str(tmp_path / "out"), 10, threshold=0.3,
+                           images_per_class=3, num_output_shards=2, seed=1)
+    counts = _key_counts(str(tmp_path / "out"))
+    assert {k: counts[k] for k in (0, 2, 4)} == {0: 1, 2: 1, 4: 1}
+    assert counts[5] + counts[6] == 3 and min(counts[5], counts[6]) == 1
+    assert sum(counts.values()) == m["out_records"] == 6
+    assert m["per_class"][:3] == [
+        {"class": 0, "total": 5, "candidates": 5, "kept": 3, "copies": 3, "duplicated": 0},
+        {"class": 1, "total": 3, "candidates": 2, "kept": 2, "copies": 3, "duplicated": 1},
+        {"class": 2, "total": 1, "candidates": 0, "kept": 0, "copies": 0, "duplicated": 0}]
+    assert m["dropped"] == {"below_threshold": 2, "over_quota": 2, "invalid": {}}
+    assert m["in"] == 9 == m["kept_unique"] + m["num_dropped"]
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "confidence_histogram.png", "images_per_class.png", "manifest.json",
+        "pseudo-00000-of-00002.tfrecord", "pseudo-00001-of-00002.tfrecord"]
+
+
+@pytest.mark.parametrize("images_per_class", [0, 25, 90])
+def test_beam_output_equals_in_memory_rule(tmp_path, images_per_class):
+    probs = np.random.default_rng(3).dirichlet(np.ones(5) * 0.3, size=300).astype(np.float32)
+    probs[10] = probs[11]  # an exact confidence tie, broken by key / index
+    files = _write(str(tmp_path / "in"), probs, num_files=3)
+    m = run_filter_balance(files, str(tmp_path / "out"), 5, threshold=0.4,
+                           images_per_class=images_per_class, num_output_shards=3, seed=11,
+                           plots=False)
+    want = filter_and_balance(probs, 0.4, images_per_class, seed=11)
+    assert _key_counts(str(tmp_path / "out")) == collections.Counter(want.indices.tolist())
+    assert m["dropped"]["over_quota"] == want.num_over_quota
+    assert [(p["candidates"], p["kept"], p["copies"]) for p in m["per_class"]] == [
+        (p["candidates"], p["kept"], p["copies"]) for p in want.per_class]
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    probs = np.random.default_rng(0).dirichlet(np.ones(4) * 0.3, size=120).astype(np.float32)
+    files = _write(str(tmp_path / "in"), probs, topk=2)
+
+    def run(name, seed):
+        out = str(tmp_path / name)
+        run_filter_balance(files, out, 4, 0.3, 50, num_output_shards=3, seed=seed, plots=False)
+        return [open(f, "rb").read() for f in sorted(glob.glob(out + "/pseudo-*"))]
+
+    a, b, c = run("a", 5), run("b", 5), run("c", 6)
+    assert a == b and len(a) == 3
+    assert a != c
+
+
+def test_bad_records_are_skipped_with_reasons(tmp_path):
+    good = _probs([0, 1, 1], [0.9, 0.8, 0.7], 3)
+    base = schema.source_example(PNG, key=b"bad")
+    no_image = tf.train.Example()
+    no_image.CopyFrom(schema.add_teacher_view(base, good[0]))
+    del no_image.features.feature[schema.IMAGE]
+    out_of_range = schema.add_teacher_view(base, good[0])
+    out_of_range.features.feature[schema.TEACHER_LABEL].int64_list.value[:] = [7]
+    extra = [
+        schema.add_teacher_view(base, np.full(5, 0.2)).SerializeToString(),  # wrong length
+        out_of_range.SerializeToString(),
+        no_image.SerializeToString(),
+        schema.add_teacher_view(schema.source_example(b"\xff\xd8\xff\xe0junk", key=b"j"),
+                                good[0]).SerializeToString(),  # corrupt JPEG
+        b"\x01not a proto",
+    ]
+    files = _write(str(tmp_path / "in"), good, num_files=1, extra=extra)
+    m = run_filter_balance(files, str(tmp_path / "out"), 3, 0.3, 0, check_images=True,
+                           plots=False)
+    assert m["dropped"]["invalid"] == {
+        "probs_wrong_length": 1, "teacher_label_out_of_range": 1, "missing_image": 1,
+        "undecodable_image": 1, "unparseable": 1}
+    assert m["in"] == 8 and m["kept_unique"] == 3 == m["out_records"]
+
+
+def test_truncated_input_names_the_file(tmp_path):
+    files = _write(str(tmp_path / "in"), _probs([0, 1], [0.9, 0.9], 3), num_files=1)
+    with open(files[0], "r+b") as f:
+        f.truncate(os.path.getsize(files[0]) - 5)
+    with pytest.raises(Exception, match="truncated.*labeled-00000-of-00001"):
+        run_filter_balance(files, str(tmp_path / "out"), 3, plots=False)
+
+
+def test_cli_output_feeds_the_training_pipeline(tmp_path):
+    probs = np.random.default_rng(1).dirichlet(np.ones(4) * 0.3, size=40).astype(np.float32)
+    _write(str(tmp_path / "in"), probs, topk=2)
+    records.write_json(str(tmp_path / "in" / "manifest.json"), {"num_classes": 4})
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "filter_balance.py"),
+         f"--input={tmp_path / 'in'}", f"--output_dir={out}", "--threshold=0.3",
+         "--images_per_class=12", "--num_output_shards=2", "--seed=0"],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = records.read_json(str(out / "manifest.json"))
+    assert manifest["out_records"] == 48 and manifest["num_classes"] == 4
+    ds = pipeline.pseudo_labeled_records(records.list_files(str(out)), 4, 4)
+    pairs = list(ds.as_numpy_iterator())
+    assert len(pairs) == 48 and pairs[0][0].shape == (4, 4, 3)
+    assert collections.Counter(int(np.argmax(p)) for _, p in pairs) == {0: 12, 1: 12, 2: 12,
+                                                                          3: 12}

@@ -1,0 +1,229 @@
+"""Labeling stage: sharded, restartable teacher labeling (labeling/shards.py, tools/label.py)."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import tiny_cnn
+
+from noisy_student_tf.data import ingest, pipeline, records, schema
+from noisy_student_tf.evaluation.export import export_saved_model
+from noisy_student_tf.labeling import predict_probabilities
+from noisy_student_tf.labeling.shards import MANIFEST_SUFFIX, label_shards, teacher_outputs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE, C = 8, 4
+
+
+def _teacher(tmp_path):
+    path = str(tmp_path / "teacher.keras")
+    tiny_cnn(C, size=SIZE).save(path)
+    return path
+
+
+def _write_shards(tmp_path, num_shards, per_shard, rng, bad=False):
+    """Source shards of random 8x8 PNGs; with `bad`, shard 0 also holds a corrupt
+    JPEG and a record without image/encoded. Returns (files, {key: image})."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    images, files = {}, []
+    for s in range(num_shards):
+        path = str(folder / records.shard_name("train", s, num_shards))
+        with tf.io.TFRecordWriter(path) as w:
+            for i in range(per_shard):
+                key = f"s{s}-{i}".encode()
+                images[key] = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+                w.write(schema.source_example(schema.encode_png(images[key]), i % C,
+                                              key).SerializeToString())
+                if bad and s == 0 and i == 1:
+                    w.write(schema.source_example(b"\xff\xd8\xff\xe0garbage", 0,
+                                                  b"corrupt").SerializeToString())
+                    no_image = tf.train.Example()
+                    no_image.features.feature[schema.KEY].bytes_list.value.append(b"noimg")
+                    w.write(no_image.SerializeToString())
+        files.append(path)
+    return files, images
+
+
+def _read(files):
+    return [tf.train.Example.FromString(r) for f in files for r in records.read_records(f)]
+
+
+def test_labels_match_predict_and_bad_records_are_counted(tmp_path, rng):
+    files, images = _write_shards(tmp_path, 2, 5, rng, bad=True)
+    teacher = _teacher(tmp_path)
+    out = str(tmp_path / "labeled")
+    summary = label_shards(teacher, files, out, batch_size=4, verbose=0)
+    assert summary["records_in"] == 12 and summary["labeled"] == 10
+    assert summary["skipped"] == {"undecodable_image": 1, "missing_image": 1}
+    assert summary["complete"] and summary["num_classes"] == C
+    outputs = sorted(glob.glob(os.path.join(out, "labeled-*.tfrecord")))
+    assert [os.path.basename(f) for f in outputs] == [
+        "labeled-00000-of-00002.tfrecord", "labeled-00001-of-00002.tfrecord"]
+    examples = _read(outputs)
+    keys = [e.features.feature[schema.KEY].bytes_list.value[0] for e in examples]
+    assert keys == list(images)  # input order, nothing lost
+    probs = np.array([e.features.feature[schema.TEACHER_PROBS].float_list.value
+                      for e in examples])
+    want = predict_probabilities(tf.keras.models.load_model(teacher),
+                                 np.stack(list(images.values())), verbose=0)
+    np.testing.assert_allclose(probs, want, atol=1e-5)
+    labels = [e.features.feature[schema.LABEL].int64_list.value[0] for e in examples]
+    assert labels == [i % C for i in range(5)] * 2  # source features carried through
+
+
+def test_topk_output_feeds_the_training_pipeline(tmp_path, rng):
+    files, images = _write_shards(tmp_path, 1, 6, rng)
+    out = str(tmp_path / "labeled")
+    label_shards(_teacher(tmp_path), files, out, topk=2, verbose=0)
+    ds = pipeline.pseudo_labeled_records(records.list_files(out), C, SIZE)
+    pairs = list(ds.as_numpy_iterator())
+    assert len(pairs) == 6
+    assert pairs[0][0].shape == (SIZE, SIZE, 3) and pairs[0][1].shape == (C,)
+    np.testing.assert_allclose([p.sum() for _, p in pairs], 1.0, atol=1e-5)
+
+
+def test_rerun_skips_complete_shards_and_job_array_splits_work(tmp_path, rng):
+    files, _ = _write_shards(tmp_path, 3, 2, rng)
+    teacher, out = _teacher(tmp_path), str(tmp_path / "labeled")
+    first = label_shards(teacher, files, out, shard_index=1, num_shards=2, verbose=0)
+    assert first["shards_complete"] == 1 and not first["complete"]
+    done = os.path.join(out, "labeled-00001-of-00003.tfrecord")
+    stamp = os.stat(done).st_mtime_ns
+    second = label_shards(teacher, files, out, shard_index=0, num_shards=2, verbose=0)
+    assert second["complete"] and second["labeled"] == 6
+    label_shards(teacher, files, out, shard_index=1, num_shards=2, verbose=0)
+    assert os.stat(done).st_mtime_ns == stamp  # complete shard not redone
+
+
+def test_saved_model_teacher_gives_the_keras_labels(tmp_path, rng):
+    files, _ = _write_shards(tmp_path, 1, 4, rng)
+    teacher = _teacher(tmp_path)
+    saved = export_saved_model(tf.keras.models.load_model(teacher), str(tmp_path / "sm"))
+    a = label_shards(teacher, files, str(tmp_path / "a"), verbose=0)
+    b = label_shards(saved, files, str(tmp_path / "b"), verbose=0)
+    assert a["labeled"] == b["labeled"] == 4
+    pa, pb = ([e.features.feature[schema.TEACHER_PROBS].float_list.value
+               for e in _read(records.list_files(d))] for d in (tmp_path / "a", tmp_path / "b"))
+    np.testing.assert_allclose(np.array(pa), np.array(pb), atol=1e-5)
+
+
+def test_temperature_and_hard_labels_keep_temperature_one_confidence():
+    logits = np.array([[2.0, 0.0, 0.0, -1.0]])
+    soft, conf = teacher_outputs(logits, soft=True, temperature=2.0)
+    z = np.exp(logits / 2.0)
+    np.testing.assert_allclose(soft, z / z.sum(), rtol=1e-6)
+    t1 = np.exp(logits) / np.exp(logits).sum()
+    np.testing.assert_allclose(conf, t1.max(), rtol=1e-6)
+    hard, conf_hard = teacher_outputs(logits, soft=False, temperature=1.0)
+    np.testing.assert_array_equal(hard, [[1, 0, 0, 0]])
+    assert conf_hard == conf
+
+
+def test_truncated_or_missing_input_names_the_file(tmp_path, rng):
+    files, _ = _write_shards(tmp_path, 1, 3, rng)
+    with open(files[0], "rb") as f:
+        data = f.read()
+    with open(files[0], "wb") as f:
+        f.write(data[:-7])
+    with pytest.raises(IOError, match="truncated.*train-00000-of-00001"):
+        label_shards(_teacher(tmp_path), files, str(tmp_path / "out"), verbose=0)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        records.list_files(str(tmp_path / "nowhere" / "*.tfrecord"))
+
+
+def _tool(name, *args, **kwargs):
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "tools", name), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def test_cli_make_records_then_kill_and_rerun_label(tmp_path, rng):
+    # make_records: a class-folder tree with one corrupt JPEG.
+    tree = tmp_path / "tree"
+    for c in range(2):
+        (tree / f"class{c}").mkdir(parents=True)
+        for i in range(120):
+            image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+            (tree / f"class{c}" / f"{i:03d}.png").write_bytes(schema.encode_png(image))
+    (tree / "class1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    src = tmp_path / "src"
+    proc = _tool("make_records.py", f"--input={tree}", f"--output_dir={src}",
+                 "--num_shards=30")
+    assert proc.wait(120) == 0, proc.stdout.read().decode()
+    made = records.read_json(str(src / "manifest.json"))
+    assert made["written"] == 240 and made["skipped"] == {"undecodable_image": 1}
+    assert made["classes"] == ["class0", "class1"] and made["per_label"] == {"0": 120, "1": 120}
+
+    # label: SIGKILL once the first shard is complete, then rerun to completion.
+    teacher, out = _teacher(tmp_path), tmp_path / "labeled"
+    args = (f"--input={src}", f"--output_dir={out}", f"--teacher={teacher}", "--batch_size=2")
+    proc = _tool("label.py", *args)
+    deadline = time.time() + 120
+    while not glob.glob(str(out / f"*{MANIFEST_SUFFIX}")) and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(glob.glob(str(out / f"*{MANIFEST_SUFFIX}")))
+    assert 1 <= partial < 30  # the kill landed mid-run
+    proc = _tool("label.py", *args)
+    assert proc.wait(120) == 0, proc.stdout.read().decode()
+    summary = records.read_json(str(out / "manifest.json"))
+    assert summary["complete"] and summary["labeled"] == summary["records_in"] == 240
+    keys = [e.features.feature[schema.KEY].bytes_list.value[0]
+            for e in _read(records.list_files(str(out)))]
+    assert sorted(keys) == sorted(f"class{c}/{i:03d}.png".encode()
+                                  for c in range(2) for i in range(120))
+    assert not glob.glob(str(out / f"*{records.TMP_MARK}*"))
+
+
+def test_folder_of_images_without_classes_is_unlabeled(tmp_path, rng):
+    for i in range(3):
+        image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+        (tmp_path / f"{i}.png").write_bytes(schema.encode_png(image))
+    classes, items = ingest.folder_items(str(tmp_path))
+    manifest = ingest.write_source_shards(items, str(tmp_path / "out"), 2, classes=classes)
+    assert manifest["per_label"] == {"-1": 3} and manifest["records_per_shard"] == [2, 1]
+
+
+def test_tfds_split_keeps_encoded_images(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=5):
+        classes, items = ingest.tfds_items("mnist", "train")
+        manifest = ingest.write_source_shards(items, str(tmp_path), 2, classes=classes)
+    assert manifest["written"] == 5 and manifest["num_classes"] == 10
+    example = _read([str(tmp_path / "train-00000-of-00002.tfrecord")])[0]
+    encoded = example.features.feature[schema.IMAGE].bytes_list.value[0]
+    assert schema.image_format(encoded) in (b"png", b"jpeg")
+    assert example.features.feature[schema.KEY].bytes_list.value[0] == b"mnist/train/0"
+
+
+def test_two_replicas_give_the_single_device_logits(tmp_path):
+    # Logical devices must be set before TF starts, hence a fresh process.
+    teacher = _teacher(tmp_path)
+    code = f"""
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from noisy_student_tf.labeling import shards
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    teacher = shards.load_teacher({teacher!r})
+single = shards.make_predict(teacher, tf.distribute.get_strategy())
+multi = shards.make_predict(teacher, strategy)
+x = np.random.default_rng(0).integers(0, 256, (7, {SIZE}, {SIZE}, 3), dtype=np.uint8)
+assert strategy.num_replicas_in_sync == 2
+np.testing.assert_allclose(multi(x), single(x), atol=1e-5)
+assert multi(x[:1]).shape == (1, {C})
+print("OK")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
