@@ -76,6 +76,7 @@ def get_config(arg=None):
         images_per_class=130,  # balance every class to this many (paper: 130K)
         unlabeled_ratio=4,  # unlabeled batch = ratio x labeled batch (paper: 14, 28)
         online=False,  # True: teacher runs inside the train step
+        via_records=False,  # True: label/filter/balance through TFRecords + Beam (tools/)
     ))
 
     if arg == "smoke":

@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import logging
 
 from noisy_student_tf import evaluation, labeling
-from noisy_student_tf.data import pipeline
+from noisy_student_tf.data import pipeline, schema
 from noisy_student_tf.data.sources import SemiSupervisedData
 from noisy_student_tf.labeling.select import validate_threshold
 from noisy_student_tf.models import build_efficientnet
@@ -87,18 +87,17 @@ def _augment(model_config, seed: int):
 
 
 def train_one(config, strategy, data: SemiSupervisedData, model_config, epochs: int,
-              seed: int, unlabeled_images=None, unlabeled_targets=None,
+              seed: int, unlabeled: tf.data.Dataset | None = None,
               teacher: keras.Model | None = None) -> keras.Model:
-    """Trains one noised model with fit(); returns it holding its EMA weights."""
+    """Trains one noised model with fit(); returns it holding its EMA weights.
+
+    `unlabeled` is the student's unbatched pseudo-labeled stream (see
+    `pseudo_labeled_stream`); None trains on labeled images only (a teacher).
+    """
     train = config.train
     image_size = data.test_images.shape[1]
     steps = train.steps_per_epoch or math.ceil(len(data.labeled_labels) / train.batch_size)
     labeled = tf.data.Dataset.from_tensor_slices((data.labeled_images, data.labeled_labels))
-    unlabeled = None
-    if unlabeled_images is not None:
-        online = config.pseudo.online
-        unlabeled = tf.data.Dataset.from_tensor_slices(
-            unlabeled_images if online else (unlabeled_images, unlabeled_targets))
     ds = pipeline.training_dataset(
         labeled, train.batch_size, unlabeled,
         unlabeled_ratio=config.pseudo.unlabeled_ratio if unlabeled is not None else 0,
@@ -114,6 +113,54 @@ def train_one(config, strategy, data: SemiSupervisedData, model_config, epochs: 
                       jit_compile=config.jit_compile)
     model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=config.verbose, shuffle=False)
     return student
+
+
+def pseudo_labeled_stream(config, data: SemiSupervisedData, probs: np.ndarray,
+                          selection, teacher_path: str, workdir: str,
+                          iteration: int) -> tf.data.Dataset:
+    """The student's unbatched unlabeled stream, in the mode `pseudo` selects.
+
+    offline (default): the selected pool images with targets made from the
+      teacher's stored probabilities (in memory).
+    online: the selected pool images alone; the frozen teacher computes the
+      targets inside the train step.
+    via_records: the JFT-scale path, through the same library code as
+      tools/: the pool is written as source shards, the teacher checkpoint
+      labels them (labeling.shards), Apache Beam filters and balances them
+      (labeling.beam_filter) and the student reads the output shards.
+    """
+    pseudo = config.pseudo
+    if pseudo.online:
+        return tf.data.Dataset.from_tensor_slices(data.unlabeled_images[selection.indices])
+    if not pseudo.via_records:
+        targets = labeling.training_targets(probs[selection.indices], pseudo.soft,
+                                            pseudo.temperature, config.train.label_smoothing)
+        return tf.data.Dataset.from_tensor_slices(
+            (data.unlabeled_images[selection.indices], targets))
+    from noisy_student_tf.data import ingest, records
+    from noisy_student_tf.labeling import beam_filter, shards
+
+    pool_dir = os.path.join(workdir, "pool")
+    if not os.path.exists(os.path.join(pool_dir, "manifest.json")):
+        items = ((schema.encode_png(image), schema.UNLABELED, f"pool/{i:08d}".encode())
+                 for i, image in enumerate(data.unlabeled_images))
+        ingest.write_source_shards(items, pool_dir, num_shards=4, prefix="pool")
+    labeled_dir = os.path.join(workdir, f"iteration_{iteration - 1}_labeled")
+    shards.label_shards(teacher_path, records.list_files(os.path.join(pool_dir, "pool-*")),
+                        labeled_dir, soft=pseudo.soft, temperature=pseudo.temperature,
+                        verbose=0)
+    pseudo_dir = os.path.join(workdir, f"iteration_{iteration - 1}_pseudo")
+    beam_filter.run_filter_balance(
+        records.list_files(os.path.join(labeled_dir, "labeled-*")), pseudo_dir,
+        data.num_classes, pseudo.threshold, pseudo.images_per_class, num_output_shards=4,
+        seed=config.seed + iteration - 1)
+    stream = pipeline.pseudo_labeled_records(
+        records.list_files(os.path.join(pseudo_dir, "pseudo-*")), data.num_classes,
+        data.test_images.shape[1])
+    if not pseudo.soft:  # stored one-hot; smooth like real labels (official main.py)
+        eps = config.train.label_smoothing
+        stream = stream.map(lambda x, t: (x, t * (1 - eps) + eps / data.num_classes))
+    return stream
 
 
 def _plot(rows: list, path: str) -> None:
@@ -191,16 +238,14 @@ def run(config, workdir: str, data: SemiSupervisedData) -> dict:
                     f"no unlabeled image reached pseudo.threshold={config.pseudo.threshold} "
                     f"after iteration {iteration - 1}; lower the threshold or train the "
                     f"teacher longer (train.teacher_epochs)")
-            targets = labeling.training_targets(
-                probs[selection.indices], config.pseudo.soft, config.pseudo.temperature,
-                config.train.label_smoothing)
             print(f"== iteration {iteration}: student {_describe(model_config)} on "
                   f"{len(data.labeled_labels)} labeled + {len(selection.indices)} "
                   f"pseudo-labeled images", flush=True)
             model = train_one(config, strategy, data, model_config, config.train.student_epochs,
                               seed=config.seed + iteration,
-                              unlabeled_images=data.unlabeled_images[selection.indices],
-                              unlabeled_targets=targets, teacher=model)
+                              unlabeled=pseudo_labeled_stream(config, data, probs, selection,
+                                                              teacher_path, workdir, iteration),
+                              teacher=model)
         wall = time.time() - start
         # The model, un-noised, labels the pool (for the next student, and to
         # report how good its labels are), then the labels are filtered.
@@ -224,7 +269,8 @@ def run(config, workdir: str, data: SemiSupervisedData) -> dict:
         print(f"   test top-1 {100 * row['test_top1']:.2f}%, pseudo-label accuracy "
               f"{100 * row['pseudo_label_accuracy']:.2f}%, kept {row['kept']} / "
               f"{selection.num_in}", flush=True)
-        model.save(os.path.join(workdir, f"iteration_{iteration}_{role}.keras"))
+        teacher_path = os.path.join(workdir, f"iteration_{iteration}_{role}.keras")
+        model.save(teacher_path)
         with open(os.path.join(workdir, f"iteration_{iteration}_selection.json"), "w") as f:
             json.dump(selection.manifest(), f, indent=1)
 
