@@ -50,8 +50,8 @@ def test_bad_ratio_is_rejected(ratio):
 def test_digits_split_is_deterministic_and_disjoint():
     a, b = load_digits(split_seed=0), load_digits(split_seed=0)
     np.testing.assert_array_equal(a.labeled_images, b.labeled_images)
-    assert a.labeled_images.shape == (100, 32, 32, 3) and a.labeled_images.dtype == np.uint8
-    assert np.bincount(a.labeled_labels).tolist() == [10] * 10
+    assert a.labeled_images.shape == (50, 32, 32, 3) and a.labeled_images.dtype == np.uint8
+    assert np.bincount(a.labeled_labels).tolist() == [5] * 10
     assert len(a.labeled_labels) + len(a.unlabeled_labels) + len(a.test_labels) == 1797
     assert a.test_images.max() == 255
 

@@ -59,7 +59,7 @@ def _upscale(images: np.ndarray, image_size: int) -> np.ndarray:
     return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
 
 
-def load_digits(num_labeled_per_class: int = 10, num_test_per_class: int = 36,
+def load_digits(num_labeled_per_class: int = 5, num_test_per_class: int = 36,
                 image_size: int = 32, split_seed: int = 0) -> SemiSupervisedData:
     """scikit-learn's bundled digits (1,797 8x8 images), upscaled to RGB.
 
