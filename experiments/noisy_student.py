@@ -27,6 +27,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     start = time.time()
+    loop.validate_config(config)  # fail on bad settings before loading data
     data = load_source(config.data)
     results = loop.run(config, _WORKDIR.value, data)
     print()
