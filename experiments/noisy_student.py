@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from noisy_student_tf.data import load_source
-from noisy_student_tf.training import loop
+from noisy_student_tf.training import get_strategy, loop
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "ml_collections config file.")
@@ -28,8 +28,9 @@ def main(argv):
     config = _CONFIG.value
     start = time.time()
     loop.validate_config(config)  # fail on bad settings before loading data
+    strategy = get_strategy(config.strategy, config.tpu_address)  # before other TF ops
     data = load_source(config.data)
-    results = loop.run(config, _WORKDIR.value, data)
+    results = loop.run(config, _WORKDIR.value, data, strategy)
     print()
     print(loop.format_table(results["models"]))
     print(f"\nwrote {os.path.join(_WORKDIR.value, 'results.json')} "

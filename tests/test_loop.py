@@ -51,6 +51,13 @@ def test_bad_settings_fail_before_training(tmp_path, rng, key, value, match):
     assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
 
 
+def test_online_and_via_records_are_exclusive(tmp_path, rng):
+    config = _tiny_config()
+    config.pseudo.online = config.pseudo.via_records = True
+    with pytest.raises(ValueError, match="exclusive"):
+        loop.run(config, str(tmp_path), _tiny_data(rng))
+
+
 def test_smaller_student_is_an_error_unless_allowed(tmp_path, rng):
     config = _tiny_config()
     config.student.width_coefficient = 0.05
@@ -72,7 +79,10 @@ def test_loop_runs_teacher_and_students_and_writes_outputs(tmp_path, rng):
         ("teacher", 0), ("student", 1), ("student", 2)]
     for r in rows:
         assert 0 <= r["test_top1"] <= 1 and 0 <= r["pseudo_label_accuracy"] <= 1
-        assert r["kept"] + r["dropped"] == 30
+        assert r["dropped"] >= r["dropped_below_threshold"]
+    manifest = json.loads((tmp_path / "iteration_0_selection.json").read_text())
+    assert manifest["kept_unique"] + manifest["dropped_below_threshold"] + \
+        manifest["dropped_over_quota"] == manifest["in"] == 30
     for name in ("results.json", "accuracy.png", "config.json", "iteration_2_student.keras",
                  "iteration_0_selection.json", "saved_model/saved_model.pb"):
         assert os.path.exists(tmp_path / name), name

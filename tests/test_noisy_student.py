@@ -82,13 +82,15 @@ def test_online_teacher_is_frozen_and_unnoised(rng):
         np.testing.assert_array_equal(b, v.numpy())  # bit-identical teacher
     assert any(np.abs(b - v.numpy()).max() > 0 for b, v in
                zip(student_before, student.trainable_variables))
-    # The targets the step uses equal the teacher's inference-mode softmax,
-    # and are the same on every call (dropout 0.9 would make them vary).
-    from noisy_student_tf.training.noisy_student import teacher_targets
+    # The unlabeled loss the step computes uses the teacher's inference-mode
+    # softmax as target (its dropout of 0.9 would change the targets).
     x = data["unlabeled_teacher_images"]
-    t1 = teacher_targets(teacher(x, training=False), 1.0, 0.1).numpy()
-    expected = tf.nn.softmax(teacher(x, training=False)).numpy()
-    np.testing.assert_allclose(t1, expected, rtol=1e-6)
+    targets = tf.nn.softmax(teacher(x, training=False)).numpy()
+    _, _, unl, _ = model.compute_losses(data, training=False)
+    logits = student(tf.concat([data["images"], data["unlabeled_images"]], 0)).numpy()[4:]
+    assert float(unl) == pytest.approx(_ce(targets, logits), rel=1e-5)
+    noised = tf.nn.softmax(teacher(x, training=True)).numpy()
+    assert abs(_ce(noised, logits) - _ce(targets, logits)) > 1e-4
 
 
 def test_hard_targets_are_smoothed_one_hot():
@@ -142,3 +144,14 @@ def test_missing_targets_without_teacher_is_an_error(rng):
 def test_nonpositive_temperature_is_rejected():
     with pytest.raises(ValueError, match="temperature"):
         NoisyStudent(tiny_cnn(C), C, temperature=0.0)
+
+
+def test_exponential_schedule_follows_official_formula():
+    from noisy_student_tf.training import WarmupSchedule
+
+    lr = WarmupSchedule(peak=0.1, steps_per_epoch=10, total_steps=1000, warmup_epochs=5,
+                        schedule="exponential", decay_rate=0.97, decay_epochs=2.4)
+    # warm-up ramp, then 0.97 ** floor(step / 24) counted from step 0
+    assert float(lr(10)) == pytest.approx(0.1 * 10 / 50)
+    assert float(lr(50)) == pytest.approx(0.1 * 0.97 ** 2)
+    assert float(lr(500)) == pytest.approx(0.1 * 0.97 ** 20, rel=1e-5)

@@ -20,8 +20,8 @@ def model(dropout_rate=0.2, final_survival_prob=0.8, magnitude=9):
         architecture="efficientnet-b0",
         width_coefficient=0.25,
         depth_coefficient=0.25,
-        small_image=True,
-        batch_norm_momentum=0.9,  # official 0.99 assumes ~100k steps; a few hundred here  # stride 1 in stages 2-3 for 32 px inputs (official)
+        small_image=True,  # stride 1 in stages 2-3 for 32 px inputs (official)
+        batch_norm_momentum=0.9,  # official 0.99 assumes ~100k steps; a few hundred here
         dropout_rate=dropout_rate,  # before the classifier
         final_survival_prob=final_survival_prob,  # stochastic depth, 1.0 -> this
         randaugment_layers=2,  # N (paper: 2)
@@ -42,7 +42,7 @@ def get_config(arg=None):
 
     config.data = ml_collections.ConfigDict(dict(
         source="digits",  # digits | tfrecord | tfds
-        path="",  # tfrecord: folder with train-*.tfrecord and test-*.tfrecord
+        path="",  # tfrecord: folder of train-*/test-*.tfrecord; tfds: its data_dir
         name="",  # tfds: dataset name, e.g. cifar10
         num_classes=10,
         num_labeled_per_class=5,  # few labels: where self-training pays off

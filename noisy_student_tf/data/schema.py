@@ -142,7 +142,8 @@ def parse_pseudo(serialized: tf.Tensor, num_classes: int) -> dict:
         scattered = tf.scatter_nd(classes[:, None], topk_probs, [num_classes])
         rest = tf.maximum(1.0 - tf.reduce_sum(topk_probs), 0.0)
         others = tf.cast(num_classes - tf.size(classes), tf.float32)
-        fill = tf.where(scattered > 0, 0.0, rest / tf.maximum(others, 1.0))
+        in_topk = tf.scatter_nd(classes[:, None], tf.ones_like(topk_probs), [num_classes])
+        fill = tf.where(in_topk > 0, 0.0, rest / tf.maximum(others, 1.0))
         return scattered + fill
 
     probs = tf.cond(tf.size(dense) > 0, lambda: dense, from_topk)

@@ -54,6 +54,9 @@ def validate_config(config) -> None:
                          f"{config.pseudo.unlabeled_ratio}")
     if config.pseudo.soft and config.pseudo.temperature <= 0:
         raise ValueError(f"pseudo.temperature must be > 0, got {config.pseudo.temperature}")
+    if config.pseudo.online and config.pseudo.via_records:
+        raise ValueError("pseudo.online and pseudo.via_records are exclusive: the online "
+                         "teacher labels inside the train step, via_records labels to files")
     if config.num_iterations < 0:
         raise ValueError(f"num_iterations must be >= 0, got {config.num_iterations}")
     if config.train.batch_size < 1:
@@ -140,12 +143,16 @@ def pseudo_labeled_stream(config, data: SemiSupervisedData, probs: np.ndarray,
     from noisy_student_tf.data import ingest, records
     from noisy_student_tf.labeling import beam_filter, shards
 
+    # The loop does not resume, so every stage starts clean: label_shards
+    # skips complete shards, which would otherwise keep an earlier run's labels.
     pool_dir = os.path.join(workdir, "pool")
-    if not os.path.exists(os.path.join(pool_dir, "manifest.json")):
-        items = ((schema.encode_png(image), schema.UNLABELED, f"pool/{i:08d}".encode())
-                 for i, image in enumerate(data.unlabeled_images))
-        ingest.write_source_shards(items, pool_dir, num_shards=4, prefix="pool")
     labeled_dir = os.path.join(workdir, f"iteration_{iteration - 1}_labeled")
+    for stale in (pool_dir, labeled_dir):
+        if tf.io.gfile.exists(stale):
+            tf.io.gfile.rmtree(stale)
+    items = ((schema.encode_png(image), schema.UNLABELED, f"pool/{i:08d}".encode())
+             for i, image in enumerate(data.unlabeled_images))
+    ingest.write_source_shards(items, pool_dir, num_shards=4, prefix="pool")
     shards.label_shards(teacher_path, records.list_files(os.path.join(pool_dir, "pool-*")),
                         labeled_dir, soft=pseudo.soft, temperature=pseudo.temperature,
                         verbose=0)
@@ -204,7 +211,8 @@ def _describe(model_config) -> str:
     return text + (" small" if model_config.small_image else "")
 
 
-def run(config, workdir: str, data: SemiSupervisedData) -> dict:
+def run(config, workdir: str, data: SemiSupervisedData,
+        strategy: tf.distribute.Strategy | None = None) -> dict:
     """Runs teacher + `num_iterations` students; writes checkpoints, plot, SavedModel.
 
     Returns {"models": [row per model], "config": resolved config}; see
@@ -215,7 +223,9 @@ def run(config, workdir: str, data: SemiSupervisedData) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
     keras.utils.set_random_seed(config.seed)
-    strategy = get_strategy(config.strategy, config.tpu_address)
+    # Multi-worker and TPU strategies must exist before other TF ops run, so
+    # scripts create them first (see experiments/noisy_student.py).
+    strategy = strategy or get_strategy(config.strategy, config.tpu_address)
     image_size = data.test_images.shape[1]
     check_student_size(build_model(config.teacher, data.num_classes, image_size),
                        build_model(config.student, data.num_classes, image_size),

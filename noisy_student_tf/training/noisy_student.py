@@ -137,6 +137,8 @@ class NoisyStudent(keras.Model):
     def train_step(self, data):
         with tf.GradientTape() as tape:
             total, lab_loss, unl_loss, lab_logits = self.compute_losses(data, training=True)
+            # Stop before a non-finite loss reaches the weights and their EMA.
+            total = tf.debugging.check_numerics(total, "Noisy Student loss is not finite")
             # Gradients are summed across replicas; scale so they average.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(total / replicas)
@@ -144,7 +146,6 @@ class NoisyStudent(keras.Model):
         # `self.trainable_weights` by position. The frozen teacher has none.
         variables = self.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        tf.debugging.check_numerics(total, "Noisy Student loss is not finite")
         return self._update_metrics(total, lab_loss, unl_loss, data["labels"], lab_logits)
 
     def test_step(self, data):

@@ -5,7 +5,8 @@ RMSProp (decay 0.9, momentum 0.9, epsilon 1e-3), base LR 0.016 per 256
 images scaled linearly with the global batch, 5 warm-up epochs, then x0.97
 every 2.4 epochs, and an exponential moving average of the weights (0.9999).
 Keras's RMSprop adds epsilon outside the square root where TF1 added it
-inside; with epsilon 1e-3 the difference only matters for tiny second moments.
+inside, and TF1 started the second-moment estimate at 1 where Keras starts at
+0, so Keras's first updates are larger; warm-up absorbs most of that.
 Short CPU runs use a cosine schedule instead: 0.97 per 2.4 epochs barely
 decays in the few epochs they train.
 """
@@ -40,8 +41,10 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         step = keras.ops.cast(step, "float32")
         warm = self.peak * step / max(self.warmup_steps, 1)
         after = keras.ops.maximum(step - self.warmup_steps, 0.0)
-        if self.schedule == "exponential":  # staircase, as official utils.py
-            decayed = self.peak * self.decay_rate ** keras.ops.floor(after / self.decay_steps)
+        if self.schedule == "exponential":
+            # Official utils.build_learning_rate: staircase decay counted from
+            # step 0 (warm-up included), overridden by the ramp during warm-up.
+            decayed = self.peak * self.decay_rate ** keras.ops.floor(step / self.decay_steps)
         elif self.schedule == "cosine":
             span = max(self.total_steps - self.warmup_steps, 1)
             progress = keras.ops.minimum(after / span, 1.0)
