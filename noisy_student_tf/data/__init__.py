@@ -1,8 +1,7 @@
 """Record schema, sources (digits, TFRecord shards, tfds) and tf.data pipelines."""
 
-from noisy_student_tf.data.pipeline import (evaluation_dataset, pseudo_labeled_records,
-                                            training_dataset)
+from noisy_student_tf.data.pipeline import pseudo_labeled_records, training_dataset
 from noisy_student_tf.data.sources import SemiSupervisedData, load_source
 
-__all__ = ["evaluation_dataset", "pseudo_labeled_records", "training_dataset",
+__all__ = ["pseudo_labeled_records", "training_dataset",
            "SemiSupervisedData", "load_source"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from noisy_student_tf.data import schema
@@ -74,12 +73,6 @@ def training_dataset(labeled: tf.data.Dataset, batch_size: int,
             num_parallel_calls=tf.data.AUTOTUNE)
     both = tf.data.Dataset.zip(lab, unl).map(lambda a, b: {**a, **b})
     return both.prefetch(tf.data.AUTOTUNE)
-
-
-def evaluation_dataset(images: np.ndarray, labels: np.ndarray,
-                       batch_size: int) -> tf.data.Dataset:
-    """Clean (un-augmented) (images, labels) batches in order, for evaluate()."""
-    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size).prefetch(2)
 
 
 def pseudo_labeled_records(files: list[str], num_classes: int,

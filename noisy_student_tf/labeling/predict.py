@@ -13,6 +13,13 @@ import keras
 import numpy as np
 
 
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Numerically stable softmax(logits / temperature) over the last axis."""
+    z = np.asarray(logits, np.float64) / temperature
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
 def predict_probabilities(teacher: keras.Model, images, batch_size: int = 256,
                           verbose: int | str = "auto") -> np.ndarray:
     """Softmax of the teacher's logits in inference mode: float32 [N, C].
@@ -22,10 +29,7 @@ def predict_probabilities(teacher: keras.Model, images, batch_size: int = 256,
       images: uint8 [N, H, W, 3] array or a tf.data.Dataset of image batches;
         never augmented here.
     """
-    logits = teacher.predict(images, batch_size=batch_size, verbose=verbose)
-    logits = logits - logits.max(axis=-1, keepdims=True)
-    probs = np.exp(logits)
-    return (probs / probs.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return softmax(teacher.predict(images, batch_size=batch_size, verbose=verbose))
 
 
 def training_targets(probs: np.ndarray, soft: bool = True, temperature: float = 1.0,

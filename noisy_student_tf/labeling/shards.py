@@ -29,6 +29,7 @@ import tensorflow as tf
 from absl import logging
 
 from noisy_student_tf.data import records, schema
+from noisy_student_tf.labeling.predict import softmax
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -106,11 +107,6 @@ def make_predict(teacher: Teacher, strategy: tf.distribute.Strategy):
     return predict
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 def teacher_outputs(logits: np.ndarray, soft: bool, temperature: float):
     """(stored distribution [B, C], temperature-1 confidence [B]) from logits.
 
@@ -118,9 +114,9 @@ def teacher_outputs(logits: np.ndarray, soft: bool, temperature: float):
     any, is applied by the trainer, not stored).
     """
     logits = np.asarray(logits, np.float64)
-    confidence = _softmax(logits).max(axis=-1)
+    confidence = softmax(logits).max(axis=-1)
     if soft:
-        stored = _softmax(logits / temperature)
+        stored = softmax(logits, temperature)
     else:
         stored = np.eye(logits.shape[-1])[logits.argmax(axis=-1)]
     return stored.astype(np.float32), confidence.astype(np.float32)

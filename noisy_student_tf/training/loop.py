@@ -28,7 +28,7 @@ from noisy_student_tf.data import pipeline, schema
 from noisy_student_tf.data.sources import SemiSupervisedData
 from noisy_student_tf.labeling.select import validate_threshold
 from noisy_student_tf.models import build_efficientnet
-from noisy_student_tf.training.noisy_student import NoisyStudent
+from noisy_student_tf.training.noisy_student import NoisyStudent, smooth
 from noisy_student_tf.training.optimization import build_optimizer
 from noisy_student_tf.training.strategy import get_strategy
 
@@ -166,7 +166,7 @@ def pseudo_labeled_stream(config, data: SemiSupervisedData, probs: np.ndarray,
         data.test_images.shape[1])
     if not pseudo.soft:  # stored one-hot; smooth like real labels (official main.py)
         eps = config.train.label_smoothing
-        stream = stream.map(lambda x, t: (x, t * (1 - eps) + eps / data.num_classes))
+        stream = stream.map(lambda x, t: (x, smooth(t, eps)))
     return stream
 
 
