@@ -232,7 +232,9 @@ def run(config, workdir: str, data: SemiSupervisedData,
                        config.allow_smaller_student)
     logging.info("data: %s", data.summary())
 
-    rows, model = [], None
+    # Carried from one iteration to the next: the model that just trained,
+    # its pool predictions, their selection and its checkpoint.
+    rows, model, probs, selection, teacher_path = [], None, None, None, ""
     for iteration in range(config.num_iterations + 1):
         role = "teacher" if iteration == 0 else "student"
         model_config = config.teacher if iteration == 0 else config.student
