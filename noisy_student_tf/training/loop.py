@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 
 import keras
@@ -219,13 +220,17 @@ def run(config, workdir: str, data: SemiSupervisedData,
     README for the row fields.
     """
     validate_config(config)
+    # Multi-worker and TPU strategies must exist before other TF ops run, so
+    # scripts create them first (see experiments/noisy_student.py).
+    strategy = strategy or get_strategy(config.strategy, config.tpu_address)
+    if not strategy.extended.should_checkpoint:
+        # Every worker must run the saves (they are collective), but only the
+        # chief's land in --workdir; the others write to a scratch folder.
+        workdir = tempfile.mkdtemp(prefix="noisy_student_worker_")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
     keras.utils.set_random_seed(config.seed)
-    # Multi-worker and TPU strategies must exist before other TF ops run, so
-    # scripts create them first (see experiments/noisy_student.py).
-    strategy = strategy or get_strategy(config.strategy, config.tpu_address)
     image_size = data.test_images.shape[1]
     check_student_size(build_model(config.teacher, data.num_classes, image_size),
                        build_model(config.student, data.num_classes, image_size),
