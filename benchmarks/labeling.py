@@ -56,23 +56,29 @@ def bench_labeling(workdir: str) -> dict:
     writers = [tf.io.TFRecordWriter(f) for f in files]
     for i, image in enumerate(images):
         jpeg = tf.io.encode_jpeg(image, quality=90).numpy()
-        writers[i % 4].write(schema.source_example(jpeg, key=b"%d" % i,
-                                                   image_format=b"jpeg").SerializeToString())
+        writers[i % 4].write(
+            schema.source_example(jpeg, key=b"%d" % i, image_format=b"jpeg").SerializeToString()
+        )
     for w in writers:
         w.close()
-    decoded = np.stack([schema.decode_image(r[schema.IMAGE], size).numpy()
-                        for f in files for r in tf.data.TFRecordDataset(f).map(
-                            schema.parse_source)])
+    decoded = np.stack(
+        [
+            schema.decode_image(r[schema.IMAGE], size).numpy()
+            for f in files
+            for r in tf.data.TFRecordDataset(f).map(schema.parse_source)
+        ]
+    )
 
-    model = build_efficientnet(FLAGS.model, num_classes=FLAGS.label_classes,
-                               input_shape=(size, size, 3))
+    model = build_efficientnet(
+        FLAGS.model, num_classes=FLAGS.label_classes, input_shape=(size, size, 3)
+    )
     path = os.path.join(workdir, "teacher.keras")
     model.save(path)
-    model.predict(decoded[:FLAGS.batch_size], batch_size=FLAGS.batch_size, verbose=0)
+    model.predict(decoded[: FLAGS.batch_size], batch_size=FLAGS.batch_size, verbose=0)
     strategy = tf.distribute.get_strategy()
     teacher = shards.load_teacher(path)
     predict = shards.make_predict(teacher, strategy)
-    predict(decoded[:FLAGS.batch_size])  # trace once, as model.predict was warmed up
+    predict(decoded[: FLAGS.batch_size])  # trace once, as model.predict was warmed up
 
     # The two are timed alternately, best of --rounds each, so that load
     # from other processes on a shared machine hits both alike.
@@ -86,22 +92,34 @@ def bench_labeling(workdir: str) -> dict:
         start = time.perf_counter()
         labeled = 0
         for i, f in enumerate(files):
-            m = shards.label_file(predict, f, os.path.join(out, f"labeled-{i}.tfrecord"),
-                                  size, FLAGS.batch_size, topk=FLAGS.topk)
+            m = shards.label_file(
+                predict,
+                f,
+                os.path.join(out, f"labeled-{i}.tfrecord"),
+                size,
+                FLAGS.batch_size,
+                topk=FLAGS.topk,
+            )
             labeled += m["labeled"]
         label_s.append(time.perf_counter() - start)
     predict_s, label_s = min(predict_s), min(label_s)
     assert labeled == FLAGS.num_images
-    return {"model": FLAGS.model, "image_size": size, "num_images": FLAGS.num_images,
-            "batch_size": FLAGS.batch_size, "rounds": FLAGS.rounds,
-            "predict_images_per_s": round(FLAGS.num_images / predict_s, 1),
-            "label_images_per_s": round(FLAGS.num_images / label_s, 1),
-            "label_vs_predict": round(predict_s / label_s, 3),
-            "peak_rss_mb_after_labeling": round(_peak_mb())}
+    return {
+        "model": FLAGS.model,
+        "image_size": size,
+        "num_images": FLAGS.num_images,
+        "batch_size": FLAGS.batch_size,
+        "rounds": FLAGS.rounds,
+        "predict_images_per_s": round(FLAGS.num_images / predict_s, 1),
+        "label_images_per_s": round(FLAGS.num_images / label_s, 1),
+        "label_vs_predict": round(predict_s / label_s, 3),
+        "peak_rss_mb_after_labeling": round(_peak_mb()),
+    }
 
 
-def synthetic_predictions(folder: str, num_records: int, num_classes: int,
-                          num_files: int) -> list[str]:
+def synthetic_predictions(
+    folder: str, num_records: int, num_classes: int, num_files: int
+) -> list[str]:
     """Pseudo records with a 5-sparse teacher view and a tiny shared image.
 
     Confidences are uniform in [0, 1]; classes follow a Zipf-like law so some
@@ -113,8 +131,9 @@ def synthetic_predictions(folder: str, num_records: int, num_classes: int,
     confidence = rng.random(num_records, dtype=np.float32)
     png = schema.encode_png(np.zeros((2, 2, 3), np.uint8))
     tf.io.gfile.makedirs(folder)
-    files = [os.path.join(folder, records.shard_name("labeled", s, num_files))
-             for s in range(num_files)]
+    files = [
+        os.path.join(folder, records.shard_name("labeled", s, num_files)) for s in range(num_files)
+    ]
     template = schema.source_example(png)
     feature = template.features.feature
     writers = [tf.io.TFRecordWriter(f) for f in files]
@@ -133,30 +152,44 @@ def synthetic_predictions(folder: str, num_records: int, num_classes: int,
 
 
 def bench_filter(workdir: str) -> dict:
-    files = synthetic_predictions(os.path.join(workdir, "preds"), FLAGS.num_records,
-                                  FLAGS.num_classes, FLAGS.num_files)
+    files = synthetic_predictions(
+        os.path.join(workdir, "preds"), FLAGS.num_records, FLAGS.num_classes, FLAGS.num_files
+    )
     before = _peak_mb()
     k = FLAGS.num_records // FLAGS.num_classes
     start = time.perf_counter()
-    m = beam_filter.run_filter_balance(files, os.path.join(workdir, "balanced"),
-                                       FLAGS.num_classes, threshold=0.3, images_per_class=k,
-                                       num_output_shards=16, seed=0)
+    m = beam_filter.run_filter_balance(
+        files,
+        os.path.join(workdir, "balanced"),
+        FLAGS.num_classes,
+        threshold=0.3,
+        images_per_class=k,
+        num_output_shards=16,
+        seed=0,
+    )
     elapsed = time.perf_counter() - start
     assert m["out_records"] == k * sum(p["candidates"] > 0 for p in m["per_class"])
-    return {"filter_records": FLAGS.num_records, "filter_classes": FLAGS.num_classes,
-            "filter_images_per_class": k, "filter_out_records": m["out_records"],
-            "filter_s": round(elapsed, 1),
-            "filter_records_per_s": round(FLAGS.num_records / elapsed),
-            "peak_rss_mb_before_filter": round(before),
-            "peak_rss_mb_after_filter": round(_peak_mb())}
+    return {
+        "filter_records": FLAGS.num_records,
+        "filter_classes": FLAGS.num_classes,
+        "filter_images_per_class": k,
+        "filter_out_records": m["out_records"],
+        "filter_s": round(elapsed, 1),
+        "filter_records_per_s": round(FLAGS.num_records / elapsed),
+        "peak_rss_mb_before_filter": round(before),
+        "peak_rss_mb_after_filter": round(_peak_mb()),
+    }
 
 
 def main(argv):
     del argv
     with tempfile.TemporaryDirectory() as tmp:
         workdir = FLAGS.workdir or tmp
-        result = {"benchmark": "labeling", "cpus": os.cpu_count(),
-                  "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU"}
+        result = {
+            "benchmark": "labeling",
+            "cpus": os.cpu_count(),
+            "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+        }
         result.update(bench_labeling(workdir))
         result.update(bench_filter(workdir))
         print(json.dumps(result))

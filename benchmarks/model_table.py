@@ -24,8 +24,7 @@ import sys
 
 import keras
 
-from noisy_student_tf.models import VARIANTS
-from noisy_student_tf.models import build_efficientnet
+from noisy_student_tf.models import VARIANTS, build_efficientnet
 from noisy_student_tf.models.weights import KERAS_BUILDERS
 
 
@@ -71,8 +70,7 @@ def measure(name):
     }
     del model
     if name in KERAS_BUILDERS:
-        reference = KERAS_BUILDERS[name](weights=None,
-                                         classifier_activation=None)
+        reference = KERAS_BUILDERS[name](weights=None, classifier_activation=None)
         row["keras_params"] = reference.count_params()
         del reference
     keras.backend.clear_session()
@@ -87,14 +85,19 @@ def markdown(rows):
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        same = ("n/a" if r["keras_params"] is None
-                else "yes" if r["keras_params"] == r["params"]
-                else f"no ({r['keras_params']:,})")
+        same = (
+            "n/a"
+            if r["keras_params"] is None
+            else "yes"
+            if r["keras_params"] == r["params"]
+            else f"no ({r['keras_params']:,})"
+        )
         lines.append(
             f"| {r['variant']} | {r['width']} | {r['depth']} | "
             f"{r['params']:,} ({r['params'] / 1e6:.1f}M) | "
             f"{r['flops'] / 1e9:.2f}B | {r['resolution']} | {r['dropout']} | "
-            f"{same} |")
+            f"{same} |"
+        )
     return "\n".join(lines)
 
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import pipeline, records, schema
 from noisy_student_tf.labeling import filter_and_balance
-from noisy_student_tf.labeling.beam_filter import run_filter_balance
+from noisy_student_tf.labeling.beam_filter import infer_num_classes, run_filter_balance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = schema.encode_png(np.full((4, 4, 3), 7, np.uint8))
@@ -29,8 +30,9 @@ def _probs(pred, conf, num_classes):
 def _write(folder, probs, num_files=2, topk=None, extra=()):
     """Pseudo records with keys 000000.., dealt over `num_files` shards."""
     os.makedirs(folder, exist_ok=True)
-    paths = [os.path.join(folder, records.shard_name("labeled", s, num_files))
-             for s in range(num_files)]
+    paths = [
+        os.path.join(folder, records.shard_name("labeled", s, num_files)) for s in range(num_files)
+    ]
     writers = [tf.io.TFRecordWriter(p) for p in paths]
     for i, p in enumerate(probs):
         ex = schema.add_teacher_view(schema.source_example(PNG, key=b"%06d" % i), p, topk)
@@ -46,8 +48,9 @@ def _key_counts(output_dir):
     counts = collections.Counter()
     for f in records.list_files(output_dir):
         for r in records.read_records(f):
-            counts[int(tf.train.Example.FromString(r).features.feature[schema.KEY]
-                       .bytes_list.value[0])] += 1
+            counts[
+                int(tf.train.Example.FromString(r).features.feature[schema.KEY].bytes_list.value[0])
+            ] += 1
     return counts
 
 
@@ -57,8 +60,15 @@ def test_known_confidences_give_exact_counts(tmp_path):
     pred = [0, 0, 0, 0, 0, 1, 1, 1, 2]
     conf = [0.9, 0.5, 0.95, 0.4, 0.6, 0.8, 0.35, 0.2, 0.25]
     files = _write(str(tmp_path / "in"), _probs(pred, conf, 10))
-    m = run_filter_balance(files, str(tmp_path / "out"), 10, threshold=0.3,
-                           images_per_class=3, num_output_shards=2, seed=1)
+    m = run_filter_balance(
+        files,
+        str(tmp_path / "out"),
+        10,
+        threshold=0.3,
+        images_per_class=3,
+        num_output_shards=2,
+        seed=1,
+    )
     counts = _key_counts(str(tmp_path / "out"))
     assert {k: counts[k] for k in (0, 2, 4)} == {0: 1, 2: 1, 4: 1}
     assert counts[5] + counts[6] == 3 and min(counts[5], counts[6]) == 1
@@ -66,12 +76,17 @@ def test_known_confidences_give_exact_counts(tmp_path):
     assert m["per_class"][:3] == [
         {"class": 0, "total": 5, "candidates": 5, "kept": 3, "copies": 3, "duplicated": 0},
         {"class": 1, "total": 3, "candidates": 2, "kept": 2, "copies": 3, "duplicated": 1},
-        {"class": 2, "total": 1, "candidates": 0, "kept": 0, "copies": 0, "duplicated": 0}]
+        {"class": 2, "total": 1, "candidates": 0, "kept": 0, "copies": 0, "duplicated": 0},
+    ]
     assert m["dropped"] == {"below_threshold": 2, "over_quota": 2, "invalid": {}}
     assert m["in"] == 9 == m["kept_unique"] + m["num_dropped"]
     assert sorted(os.listdir(tmp_path / "out")) == [
-        "confidence_histogram.png", "images_per_class.png", "manifest.json",
-        "pseudo-00000-of-00002.tfrecord", "pseudo-00001-of-00002.tfrecord"]
+        "confidence_histogram.png",
+        "images_per_class.png",
+        "manifest.json",
+        "pseudo-00000-of-00002.tfrecord",
+        "pseudo-00001-of-00002.tfrecord",
+    ]
 
 
 @pytest.mark.parametrize("images_per_class", [0, 25, 90])
@@ -79,14 +94,76 @@ def test_beam_output_equals_in_memory_rule(tmp_path, images_per_class):
     probs = np.random.default_rng(3).dirichlet(np.ones(5) * 0.3, size=300).astype(np.float32)
     probs[10] = probs[11]  # an exact confidence tie, broken by key / index
     files = _write(str(tmp_path / "in"), probs, num_files=3)
-    m = run_filter_balance(files, str(tmp_path / "out"), 5, threshold=0.4,
-                           images_per_class=images_per_class, num_output_shards=3, seed=11,
-                           plots=False)
+    m = run_filter_balance(
+        files,
+        str(tmp_path / "out"),
+        5,
+        threshold=0.4,
+        images_per_class=images_per_class,
+        num_output_shards=3,
+        seed=11,
+        plots=False,
+    )
     want = filter_and_balance(probs, 0.4, images_per_class, seed=11)
     assert _key_counts(str(tmp_path / "out")) == collections.Counter(want.indices.tolist())
     assert m["dropped"]["over_quota"] == want.num_over_quota
     assert [(p["candidates"], p["kept"], p["copies"]) for p in m["per_class"]] == [
-        (p["candidates"], p["kept"], p["copies"]) for p in want.per_class]
+        (p["candidates"], p["kept"], p["copies"]) for p in want.per_class
+    ]
+
+
+@pytest.mark.parametrize("images_per_class", [25, 90])
+def test_official_rule_beam_equals_in_memory(tmp_path, images_per_class):
+    # 300 records over 5 classes at threshold 0.4: K=25 leaves most classes
+    # over-full (raised thresholds, coins keep K/P), K=90 under-full (copies).
+    probs = np.random.default_rng(4).dirichlet(np.ones(5) * 0.3, size=300).astype(np.float32)
+    files = _write(str(tmp_path / "in"), probs, num_files=3)
+    m = run_filter_balance(
+        files,
+        str(tmp_path / "out"),
+        threshold=0.4,
+        images_per_class=images_per_class,
+        num_output_shards=2,
+        seed=7,
+        plots=False,
+        balance="official",
+    )
+    keys = [b"%06d" % i for i in range(len(probs))]
+    want = filter_and_balance(probs, 0.4, images_per_class, 7, "official", keys=keys)
+    got = _key_counts(str(tmp_path / "out"))
+    assert got == collections.Counter(want.indices.tolist())
+    assert max(got.values()) > 1 if images_per_class == 90 else max(got.values()) == 1
+    assert [(p["candidates"], p["kept"], p["copies"], p["threshold"]) for p in m["per_class"]] == [
+        (p["candidates"], p["kept"], p["copies"], p["threshold"]) for p in want.per_class
+    ]
+    assert m["dropped"]["over_quota"] == want.num_over_quota
+    assert m["in"] == 300 == m["kept_unique"] + m["num_dropped"] and m["balance"] == "official"
+    if images_per_class == 25:
+        assert any(p["threshold"] > 0.4 for p in m["per_class"])  # a raised class threshold
+    for p in m["per_class"]:  # K on average: within 4 sd of the coins' spread
+        if p["candidates"]:
+            assert abs(p["copies"] - images_per_class) <= 4 * np.sqrt(images_per_class) + 1
+
+
+def test_num_classes_is_inferred_from_records_or_manifest_and_checked(tmp_path):
+    probs = _probs([0, 1, 2], [0.9, 0.8, 0.7], 6)
+    dense = _write(str(tmp_path / "dense"), probs, num_files=1)
+    assert infer_num_classes(dense) == 6
+    m = run_filter_balance(dense, str(tmp_path / "out"), threshold=0.3, plots=False)
+    assert m["num_classes"] == 6 and len(m["per_class"]) == 6 and m["out_records"] == 3
+    with pytest.raises(ConfigError, match="--num_classes=4 but the inputs say 6"):
+        run_filter_balance(dense, str(tmp_path / "out"), 4, plots=False)
+
+    topk = _write(str(tmp_path / "topk"), probs, num_files=1, topk=2)
+    assert infer_num_classes(topk) is None  # top-k records do not tell
+    with pytest.raises(ConfigError, match="--num_classes is not set"):
+        run_filter_balance(topk, str(tmp_path / "out"), plots=False)
+    assert run_filter_balance(topk, str(tmp_path / "out"), 6, plots=False)["out_records"] == 3
+    records.write_json(topk[0] + ".manifest.json", {"num_classes": 6})  # tools/label.py's
+    assert infer_num_classes(topk) == 6
+    records.write_json(str(tmp_path / "topk" / "manifest.json"), {"num_classes": 5})
+    with pytest.raises(ConfigError, match="disagree.*5.*6"):
+        infer_num_classes(topk)
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
@@ -115,16 +192,20 @@ def test_bad_records_are_skipped_with_reasons(tmp_path):
         schema.add_teacher_view(base, np.full(5, 0.2)).SerializeToString(),  # wrong length
         out_of_range.SerializeToString(),
         no_image.SerializeToString(),
-        schema.add_teacher_view(schema.source_example(b"\xff\xd8\xff\xe0junk", key=b"j"),
-                                good[0]).SerializeToString(),  # corrupt JPEG
+        schema.add_teacher_view(
+            schema.source_example(b"\xff\xd8\xff\xe0junk", key=b"j"), good[0]
+        ).SerializeToString(),  # corrupt JPEG
         b"\x01not a proto",
     ]
     files = _write(str(tmp_path / "in"), good, num_files=1, extra=extra)
-    m = run_filter_balance(files, str(tmp_path / "out"), 3, 0.3, 0, check_images=True,
-                           plots=False)
+    m = run_filter_balance(files, str(tmp_path / "out"), 3, 0.3, 0, check_images=True, plots=False)
     assert m["dropped"]["invalid"] == {
-        "probs_wrong_length": 1, "teacher_label_out_of_range": 1, "missing_image": 1,
-        "undecodable_image": 1, "unparseable": 1}
+        "probs_wrong_length": 1,
+        "teacher_label_out_of_range": 1,
+        "missing_image": 1,
+        "undecodable_image": 1,
+        "unparseable": 1,
+    }
     assert m["in"] == 8 and m["kept_unique"] == 3 == m["out_records"]
 
 
@@ -142,15 +223,24 @@ def test_cli_output_feeds_the_training_pipeline(tmp_path):
     records.write_json(str(tmp_path / "in" / "manifest.json"), {"num_classes": 4})
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "filter_balance.py"),
-         f"--input={tmp_path / 'in'}", f"--output_dir={out}", "--threshold=0.3",
-         "--images_per_class=12", "--num_output_shards=2", "--seed=0"],
-        capture_output=True, text=True, timeout=180)
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "filter_balance.py"),
+            f"--input={tmp_path / 'in'}",
+            f"--output_dir={out}",
+            "--threshold=0.3",
+            "--images_per_class=12",
+            "--num_output_shards=2",
+            "--seed=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = records.read_json(str(out / "manifest.json"))
     assert manifest["out_records"] == 48 and manifest["num_classes"] == 4
     ds = pipeline.pseudo_labeled_records(records.list_files(str(out)), 4, 4)
     pairs = list(ds.as_numpy_iterator())
     assert len(pairs) == 48 and pairs[0][0].shape == (4, 4, 3)
-    assert collections.Counter(int(np.argmax(p)) for _, p in pairs) == {0: 12, 1: 12, 2: 12,
-                                                                          3: 12}
+    assert collections.Counter(int(np.argmax(p)) for _, p in pairs) == {0: 12, 1: 12, 2: 12, 3: 12}

@@ -31,17 +31,26 @@ def _tiny_data(rng, size=16, classes=3):
     def images(n):
         return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
-    return SemiSupervisedData(images(12), np.arange(12) % classes, images(30),
-                              np.arange(30) % classes, images(9), np.arange(9) % classes,
-                              num_classes=classes)
+    return SemiSupervisedData(
+        images(12),
+        np.arange(12) % classes,
+        images(30),
+        np.arange(30) % classes,
+        images(9),
+        np.arange(9) % classes,
+        num_classes=classes,
+    )
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("pseudo.unlabeled_ratio", 0, "unlabeled_ratio"),
-    ("pseudo.threshold", 1.2, "threshold"),
-    ("pseudo.threshold", -0.1, "threshold"),
-    ("student.randaugment_magnitude", 31, "randaugment_magnitude"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("pseudo.unlabeled_ratio", 0, "unlabeled_ratio"),
+        ("pseudo.threshold", 1.2, "threshold"),
+        ("pseudo.threshold", -0.1, "threshold"),
+        ("student.randaugment_magnitude", 31, "randaugment_magnitude"),
+    ],
+)
 def test_bad_settings_fail_before_training(tmp_path, rng, key, value, match):
     config = _tiny_config()
     section, name = key.split(".")
@@ -73,18 +82,41 @@ def test_smaller_student_is_an_error_unless_allowed(tmp_path, rng):
 def test_loop_runs_teacher_and_students_and_writes_outputs(tmp_path, rng):
     config = _tiny_config()
     config.num_iterations = 2
-    results = loop.run(config, str(tmp_path), _tiny_data(rng))
+    results = loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
     rows = results["models"]
     assert [(r["role"], r["iteration"]) for r in rows] == [
-        ("teacher", 0), ("student", 1), ("student", 2)]
+        ("teacher", 0),
+        ("student", 1),
+        ("student", 2),
+    ]
+    data = _tiny_data(np.random.default_rng(0))
+    import keras
+
     for r in rows:
-        assert 0 <= r["test_top1"] <= 1 and 0 <= r["pseudo_label_accuracy"] <= 1
+        # The reported figures are those of the saved model on the test split
+        # and on the pool (whose true labels are known here).
+        saved = keras.models.load_model(tmp_path / f"iteration_{r['iteration']}_{r['role']}.keras")
+        logits = saved.predict(data.test_images, verbose=0)
+        assert r["test_top1"] == pytest.approx(np.mean(logits.argmax(1) == data.test_labels))
+        pool = saved.predict(data.unlabeled_images, verbose=0).argmax(1)
+        assert r["pseudo_label_accuracy"] == pytest.approx(np.mean(pool == data.unlabeled_labels))
         assert r["dropped"] >= r["dropped_below_threshold"]
     manifest = json.loads((tmp_path / "iteration_0_selection.json").read_text())
-    assert manifest["kept_unique"] + manifest["dropped_below_threshold"] + \
-        manifest["dropped_over_quota"] == manifest["in"] == 30
-    for name in ("results.json", "accuracy.png", "config.json", "iteration_2_student.keras",
-                 "iteration_0_selection.json", "saved_model/saved_model.pb"):
+    assert (
+        manifest["kept_unique"]
+        + manifest["dropped_below_threshold"]
+        + manifest["dropped_over_quota"]
+        == manifest["in"]
+        == 30
+    )
+    for name in (
+        "results.json",
+        "accuracy.png",
+        "config.json",
+        "iteration_2_student.keras",
+        "iteration_0_selection.json",
+        "saved_model/saved_model.pb",
+    ):
         assert os.path.exists(tmp_path / name), name
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["models"] == rows and on_disk["config"]["seed"] == config.seed
@@ -92,31 +124,127 @@ def test_loop_runs_teacher_and_students_and_writes_outputs(tmp_path, rng):
     import keras
 
     from noisy_student_tf.evaluation import load_saved_model
+
     final = keras.models.load_model(tmp_path / "iteration_2_student.keras")
     x = rng.integers(0, 256, (5, 16, 16, 3)).astype(np.float32)
-    np.testing.assert_allclose(load_saved_model(str(tmp_path / "saved_model"))(x),
-                               final.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        load_saved_model(str(tmp_path / "saved_model"))(x), final.predict(x, verbose=0), atol=1e-5
+    )
 
 
 def _main(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "noisy_student.py"),
-                           *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "noisy_student.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
-def test_main_job_smoke_prints_table_and_writes_results(tmp_path):
-    proc = _main("--config=experiments/configs/digits.py:smoke", f"--workdir={tmp_path}")
+def _event_tags(folder):
+    """Scalar tags written by keras.callbacks.TensorBoard under `folder`."""
+    import tensorflow as tf
+
+    tags = set()
+    for path in tf.io.gfile.glob(os.path.join(folder, "*", "events.out.tfevents.*")):
+        for raw in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def test_main_job_smoke_prints_table_progress_and_writes_results(tmp_path):
+    proc = _main(
+        "--config=experiments/configs/digits.py:smoke",
+        "--config.verbose=1",
+        "--config.train.teacher_epochs=5",
+        f"--workdir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test top-1" in proc.stdout and "student 1" in proc.stdout
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["role"] for r in results["models"]] == ["teacher", "student"]
+    # A few progress lines per model over its whole schedule, ending at 100%.
+    teacher_lines = [line for line in proc.stdout.splitlines() if "teacher step" in line]
+    assert 2 <= len(teacher_lines) <= 20
+    assert "teacher step 10/10 (100%)" in teacher_lines[-1]
+    assert "labeled_loss" in teacher_lines[-1] and " lr " in teacher_lines[-1]
+    assert any("student 1 step 4/4 (100%)" in line for line in proc.stdout.splitlines())
+    # TensorBoard: one run per model, with the loss terms, accuracy and LR.
+    for run in ("iteration_0_teacher", "iteration_1_student"):
+        tags = _event_tags(str(tmp_path / "tensorboard" / run))
+        assert {"epoch_loss", "epoch_labeled_loss", "epoch_accuracy"} <= tags, tags
+        assert "epoch_learning_rate" in tags, tags
+    assert "epoch_unlabeled_loss" in _event_tags(
+        str(tmp_path / "tensorboard" / "iteration_1_student")
+    )
 
 
-def test_main_job_rejects_unknown_config_key_and_missing_data(tmp_path):
-    proc = _main("--config.train.no_such_key=1", f"--workdir={tmp_path}")
-    assert proc.returncode != 0 and "no_such_key" in proc.stderr
-    proc = _main("--config.data.source=tfrecord", "--config.data.path=/nonexistent/cifar",
-                 f"--workdir={tmp_path}")
-    assert proc.returncode != 0 and "/nonexistent/cifar" in proc.stderr
+def _one_error_line(proc):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
+
+
+def test_main_job_reports_bad_input_in_one_line_with_status_2(tmp_path):
+    line = _one_error_line(_main("--config.pseudo.threshold=1.5", f"--workdir={tmp_path}"))
+    assert line == "error: pseudo.threshold must be in [0, 1], got 1.5"
+    assert "no_such_key" in _one_error_line(
+        _main("--config.train.no_such_key=1", f"--workdir={tmp_path}")
+    )
+    line = _one_error_line(
+        _main(
+            "--config.data.source=tfrecord",
+            "--config.data.path=/nonexistent/cifar",
+            f"--workdir={tmp_path}",
+        )
+    )
+    assert "/nonexistent/cifar" in line
+    assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
+
+
+def test_batch_must_divide_over_the_replicas():
+    config = _tiny_config()
+    config.train.batch_size = 25
+    loop.validate_config(config, num_replicas=1)
+    loop.validate_config(config, num_replicas=5)
+    with pytest.raises(ValueError, match="train.batch_size=25 .* 2 replicas.* 24 or 26"):
+        loop.validate_config(config, num_replicas=2)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        loop.validate_config(config, num_replicas=8)
+
+
+_MIRRORED_BAD_BATCH = """
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, "experiments/configs")
+import digits
+from noisy_student_tf.data import load_source
+from noisy_student_tf.training import loop
+config = digits.get_config("smoke")
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+try:
+    loop.run(config, sys.argv[1], load_source(config.data), strategy)
+except ValueError as e:
+    print("REJECTED:", e)
+"""
+
+
+def test_loop_under_two_replicas_rejects_an_odd_batch_before_training(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_BAD_BATCH, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert "REJECTED: train.batch_size=25 does not divide evenly" in proc.stdout, proc.stderr[
+        -2000:
+    ]
     assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
 
 
@@ -130,8 +258,143 @@ def test_student_modes_train_from_the_same_selection(tmp_path, rng, mode):
         # The tools' library code wrote each stage with its manifest, and the
         # Beam output holds exactly what the in-memory rule selects.
         import json as _json
+
         manifest = _json.loads((tmp_path / "iteration_0_pseudo" / "manifest.json").read_text())
         selection = _json.loads((tmp_path / "iteration_0_selection.json").read_text())
         assert manifest["out_records"] == selection["out_records"]
         assert (tmp_path / "pool" / "manifest.json").exists()
         assert (tmp_path / "iteration_0_labeled" / "manifest.json").exists()
+
+
+def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
+    built, streams = [], []
+
+    class Recording(loop.NoisyStudent):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    real_dataset = loop.pipeline.training_dataset
+
+    def recording_dataset(*args, **kwargs):
+        ds = real_dataset(*args, **kwargs)
+        streams.append(ds)
+        return ds
+
+    monkeypatch.setattr(loop, "NoisyStudent", Recording)
+    monkeypatch.setattr(loop.pipeline, "training_dataset", recording_dataset)
+    config = _tiny_config()
+    config.pseudo.online = True
+    config.pseudo.temperature = 2.0
+    loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
+    teacher_run, student_run = built
+    assert teacher_run.teacher is None
+    assert student_run.teacher is not None and student_run.temperature == 2.0
+    # The frozen teacher inside the student's step is the saved iteration-0 model.
+    import keras
+
+    saved = keras.models.load_model(tmp_path / "iteration_0_teacher.keras")
+    x = np.random.default_rng(1).integers(0, 256, (6, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        student_run.teacher.predict(x, verbose=0), saved.predict(x, verbose=0), atol=1e-5
+    )
+    # Its batches carry clean copies for the teacher and no stored targets.
+    batch = next(iter(streams[1]))
+    assert "unlabeled_teacher_images" in batch and "unlabeled_targets" not in batch
+
+
+@pytest.mark.parametrize("via_records", [False, True])
+def test_hard_pseudo_labels_are_the_teachers_argmax_smoothed(tmp_path, monkeypatch, via_records):
+    unlabeled_streams = []
+    real_dataset = loop.pipeline.training_dataset
+
+    def recording_dataset(labeled, batch_size, unlabeled=None, *args, **kwargs):
+        if unlabeled is not None:
+            unlabeled_streams.append(unlabeled)
+        return real_dataset(labeled, batch_size, unlabeled, *args, **kwargs)
+
+    monkeypatch.setattr(loop.pipeline, "training_dataset", recording_dataset)
+    config = _tiny_config()
+    config.pseudo.soft = False
+    config.pseudo.via_records = via_records
+    config.train.label_smoothing = 0.1
+    loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
+    (stream,) = unlabeled_streams
+    if via_records:
+        images, targets = (np.stack(part) for part in zip(*stream.as_numpy_iterator()))
+    else:
+        images, targets = stream
+    classes, eps = 3, 0.1
+    selection = json.loads((tmp_path / "iteration_0_selection.json").read_text())
+    assert len(targets) == selection["out_records"] > 0
+    # Smoothed one-hot, exactly like real labels (official main.py).
+    np.testing.assert_allclose(np.sort(targets, 1)[:, -1], 1 - eps + eps / classes, atol=1e-6)
+    np.testing.assert_allclose(np.sort(targets, 1)[:, :-1], eps / classes, atol=1e-6)
+    import keras
+
+    teacher = keras.models.load_model(tmp_path / "iteration_0_teacher.keras")
+    predicted = teacher.predict(images.astype(np.float32), verbose=0).argmax(1)
+    np.testing.assert_array_equal(targets.argmax(1), predicted)
+
+
+@pytest.mark.parametrize("kind", ["keras", "saved_model"])
+def test_loop_starts_from_a_teacher_checkpoint(tmp_path, kind):
+    data = _tiny_data(np.random.default_rng(0))
+    first = _tiny_config()
+    first.num_iterations = 0
+    loop.run(first, str(tmp_path / "first"), data)
+    path = tmp_path / "first" / ("iteration_0_teacher.keras" if kind == "keras" else "saved_model")
+    config = _tiny_config()
+    config.teacher_checkpoint = str(path)
+    config.train.teacher_epochs = 10_000  # would take minutes if the teacher were trained
+    results = loop.run(config, str(tmp_path / "second"), data)
+    teacher, student = results["models"]
+    before = json.loads((tmp_path / "first" / "results.json").read_text())["models"][0]
+    # The loaded teacher is the first run's, untouched: same accuracy, same labels.
+    assert teacher["architecture"].startswith("loaded ")
+    assert teacher["test_top1"] == before["test_top1"]
+    assert teacher["pseudo_label_accuracy"] == before["pseudo_label_accuracy"]
+    assert teacher["kept"] == before["kept"] and student["role"] == "student"
+
+
+def test_missing_teacher_checkpoint_fails_before_training(tmp_path):
+    config = _tiny_config()
+    config.teacher_checkpoint = str(tmp_path / "nope.keras")
+    with pytest.raises(FileNotFoundError, match="nope.keras"):
+        loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
+    assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
+
+
+_TWO_SEEDED_RUNS = """
+import json, sys
+import numpy as np
+sys.path.insert(0, "tests")
+from test_loop import _tiny_config, _tiny_data
+from noisy_student_tf.training import loop
+rows = []
+for run in range(2):
+    config = _tiny_config()
+    config.deterministic = True
+    config.train.teacher_epochs = config.train.student_epochs = 3
+    result = loop.run(config, sys.argv[1] + f"/run{run}", _tiny_data(np.random.default_rng(0)))
+    rows.append([(r["test_top1"], r["pseudo_label_accuracy"], r["kept"]) for r in result["models"]])
+import keras
+weights = [
+    keras.models.load_model(sys.argv[1] + f"/run{run}/iteration_1_student.keras").get_weights()
+    for run in range(2)
+]
+print("SAME_ROWS", rows[0] == rows[1])
+print("SAME_WEIGHTS", all(np.array_equal(a, b) for a, b in zip(*weights)))
+"""
+
+
+def test_deterministic_runs_with_one_seed_are_identical(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _TWO_SEEDED_RUNS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert "SAME_ROWS True" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "SAME_WEIGHTS True" in proc.stdout, proc.stdout[-2000:]

@@ -6,15 +6,18 @@ import keras
 import numpy as np
 import pytest
 
-from noisy_student_tf.models import VARIANTS
-from noisy_student_tf.models import StochasticDepth
-from noisy_student_tf.models import build_efficientnet
-from noisy_student_tf.models import load_keras_applications_weights
+from noisy_student_tf.models import (
+    VARIANTS,
+    StochasticDepth,
+    build_efficientnet,
+    load_keras_applications_weights,
+)
 from noisy_student_tf.models import efficientnet as en
 from noisy_student_tf.models import weights as weights_lib
 
-TINY = dict(input_shape=(32, 32, 3), width_coefficient=0.25,
-            depth_coefficient=0.25, small_image=True)
+TINY = dict(
+    input_shape=(32, 32, 3), width_coefficient=0.25, depth_coefficient=0.25, small_image=True
+)
 
 
 @pytest.fixture(autouse=True)
@@ -25,13 +28,11 @@ def _seed():
 
 
 def _pixels(n, size, seed=0):
-    return np.random.RandomState(seed).uniform(
-        0, 255, (n, size, size, 3)).astype("float32")
+    return np.random.RandomState(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
 
 
 def _keras_app(name, **kwargs):
-    return weights_lib.KERAS_BUILDERS[name](
-        weights=None, classifier_activation=None, **kwargs)
+    return weights_lib.KERAS_BUILDERS[name](weights=None, classifier_activation=None, **kwargs)
 
 
 def _randomize_statistics(model, seed=1):
@@ -40,17 +41,22 @@ def _randomize_statistics(model, seed=1):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             shape = layer.gamma.shape
-            layer.set_weights([rng.uniform(0.5, 1.5, shape),
-                               rng.normal(0, 0.2, shape),
-                               rng.normal(0, 0.2, shape),
-                               rng.uniform(0.5, 1.5, shape)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, shape),
+                    rng.normal(0, 0.2, shape),
+                    rng.normal(0, 0.2, shape),
+                    rng.uniform(0.5, 1.5, shape),
+                ]
+            )
 
 
 def _drop_layers(model):
-    return [l for l in model.layers if isinstance(l, StochasticDepth)]
+    return [lyr for lyr in model.layers if isinstance(lyr, StochasticDepth)]
 
 
 # --- the variant table ------------------------------------------------------
+
 
 def test_variant_table_matches_official_efficientnet_params():
     # tensorflow/tpu efficientnet_builder.efficientnet_params.
@@ -72,10 +78,9 @@ def test_every_variant_builds_with_its_depth_and_defaults(name):
     width, depth, _, dropout = VARIANTS[name]
     # Real depth; width shrunk only so L2 stays cheap. Width scaling of every
     # variant is covered by the parameter-count tests and the table script.
-    model = build_efficientnet(name, num_classes=7, input_shape=(32, 32, 3),
-                               width_coefficient=0.1)
+    model = build_efficientnet(name, num_classes=7, input_shape=(32, 32, 3), width_coefficient=0.1)
     expected_blocks = sum(math.ceil(depth * s.repeats) for s in en.BLOCKS)
-    blocks = [l for l in model.layers if l.name.endswith("_project_conv")]
+    blocks = [lyr for lyr in model.layers if lyr.name.endswith("_project_conv")]
     assert len(blocks) == expected_blocks
     assert model.get_layer("top_dropout").rate == dropout
     assert model.name == name
@@ -84,8 +89,7 @@ def test_every_variant_builds_with_its_depth_and_defaults(name):
     assert np.all(np.isfinite(logits))
 
 
-@pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnet-b1",
-                                  "efficientnet-b2"])
+@pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnet-b1", "efficientnet-b2"])
 def test_param_count_equals_keras_applications(name):
     classes = 1000 if name != "efficientnet-b1" else 10
     ours = build_efficientnet(name, num_classes=classes).count_params()
@@ -109,10 +113,16 @@ def test_l2_parameter_count_within_one_percent_of_paper():
 
 # --- inputs, shapes, small-image variant ----------------------------------------
 
+
 def test_small_image_variant_ends_at_4x4_and_default_at_1x1():
     small = build_efficientnet("efficientnet-b0", 10, **TINY)
-    default = build_efficientnet("efficientnet-b0", 10, input_shape=(32, 32, 3),
-                                 width_coefficient=0.25, depth_coefficient=0.25)
+    default = build_efficientnet(
+        "efficientnet-b0",
+        10,
+        input_shape=(32, 32, 3),
+        width_coefficient=0.25,
+        depth_coefficient=0.25,
+    )
     assert small.get_layer("top_conv").output.shape[1:3] == (4, 4)
     assert default.get_layer("top_conv").output.shape[1:3] == (1, 1)
     # Same weights either way: stride does not change any shape.
@@ -120,25 +130,38 @@ def test_small_image_variant_ends_at_4x4_and_default_at_1x1():
 
 
 def test_resolution_defaults_and_overrides():
-    assert build_efficientnet("efficientnet-b1", 5, width_coefficient=0.25
-                              ).input_shape == (None, 240, 240, 3)
-    assert build_efficientnet("efficientnet-b0", 5, resolution=64,
-                              width_coefficient=0.25).input_shape == (None, 64, 64, 3)
-    assert build_efficientnet("efficientnet-b0", 5, small_image=True,
-                              width_coefficient=0.25).input_shape == (None, 32, 32, 3)
+    assert build_efficientnet("efficientnet-b1", 5, width_coefficient=0.25).input_shape == (
+        None,
+        240,
+        240,
+        3,
+    )
+    assert build_efficientnet(
+        "efficientnet-b0", 5, resolution=64, width_coefficient=0.25
+    ).input_shape == (None, 64, 64, 3)
+    assert build_efficientnet(
+        "efficientnet-b0", 5, small_image=True, width_coefficient=0.25
+    ).input_shape == (None, 32, 32, 3)
 
 
 def test_unset_arguments_never_override_variant_defaults():
-    model = build_efficientnet("efficientnet-b2", 5, input_shape=(32, 32, 3),
-                               dropout_rate=None, final_survival_prob=None,
-                               width_coefficient=None, depth_coefficient=None,
-                               resolution=None, small_image=None,
-                               batch_norm_momentum=None)
+    model = build_efficientnet(
+        "efficientnet-b2",
+        5,
+        input_shape=(32, 32, 3),
+        dropout_rate=None,
+        final_survival_prob=None,
+        width_coefficient=None,
+        depth_coefficient=None,
+        resolution=None,
+        small_image=None,
+        batch_norm_momentum=None,
+    )
     assert model.get_layer("top_conv").kernel.shape[-1] == 1408  # width 1.1
-    assert len([l for l in model.layers if l.name.endswith("_project_conv")]) == 23
+    assert len([lyr for lyr in model.layers if lyr.name.endswith("_project_conv")]) == 23
     assert model.get_layer("top_conv").output.shape[1:3] == (1, 1)  # strides
     assert model.get_layer("top_dropout").rate == 0.3
-    assert min(l.survival_prob for l in _drop_layers(model)) > 0.8
+    assert min(lyr.survival_prob for lyr in _drop_layers(model)) > 0.8
     assert model.get_layer("stem_bn").momentum == 0.99
 
 
@@ -147,10 +170,15 @@ def test_uint8_and_float_pixels_give_same_logits_and_variable_size_works():
     x = _pixels(2, 32)
     as_uint8 = np.round(x).astype("uint8")
     np.testing.assert_array_equal(
-        model(as_uint8, training=False),
-        model(as_uint8.astype("float32"), training=False))
-    flexible = build_efficientnet("efficientnet-b0", 10, input_shape=(None, None, 3),
-                                  width_coefficient=0.25, depth_coefficient=0.25)
+        model(as_uint8, training=False), model(as_uint8.astype("float32"), training=False)
+    )
+    flexible = build_efficientnet(
+        "efficientnet-b0",
+        10,
+        input_shape=(None, None, 3),
+        width_coefficient=0.25,
+        depth_coefficient=0.25,
+    )
     assert flexible(_pixels(1, 45), training=False).shape == (1, 10)
 
 
@@ -160,15 +188,21 @@ def test_batch_norm_and_initializers_follow_official_code():
     assert (bn.momentum, bn.epsilon) == (0.99, 1e-3)
     init = model.get_layer("stem_conv").kernel_initializer.get_config()
     assert (init["scale"], init["mode"], init["distribution"]) == (
-        2.0, "fan_out", "untruncated_normal")
+        2.0,
+        "fan_out",
+        "untruncated_normal",
+    )
     dense = model.get_layer("predictions").kernel_initializer.get_config()
     assert (dense["scale"], dense["mode"], dense["distribution"]) == (
-        1.0 / 3.0, "fan_out", "uniform")
+        1.0 / 3.0,
+        "fan_out",
+        "uniform",
+    )
     norm = model.get_layer("normalization")
-    np.testing.assert_allclose(norm.mean.numpy().ravel(), en.IMAGENET_MEAN_RGB,
-                               rtol=1e-6)
-    np.testing.assert_allclose(norm.variance.numpy().ravel(),
-                               np.square(en.IMAGENET_STDDEV_RGB), rtol=1e-6)
+    np.testing.assert_allclose(norm.mean.numpy().ravel(), en.IMAGENET_MEAN_RGB, rtol=1e-6)
+    np.testing.assert_allclose(
+        norm.variance.numpy().ravel(), np.square(en.IMAGENET_STDDEV_RGB), rtol=1e-6
+    )
 
 
 def test_logits_stay_float32_under_mixed_precision():
@@ -187,40 +221,49 @@ def test_keras_format_round_trip_gives_same_logits(tmp_path):
     model.save(path)
     restored = keras.models.load_model(path)
     x = _pixels(2, 32)
-    np.testing.assert_allclose(restored(x, training=False),
-                               model(x, training=False), atol=1e-6)
-    assert [l.survival_prob for l in _drop_layers(restored)] == [
-        l.survival_prob for l in _drop_layers(model)]
+    np.testing.assert_allclose(restored(x, training=False), model(x, training=False), atol=1e-6)
+    assert [lyr.survival_prob for lyr in _drop_layers(restored)] == [
+        lyr.survival_prob for lyr in _drop_layers(model)
+    ]
 
 
 # --- stochastic depth and dropout -----------------------------------------------
 
+
 def test_survival_schedule_is_linear_over_all_blocks():
-    model = build_efficientnet("efficientnet-b0", 10, input_shape=(32, 32, 3),
-                               width_coefficient=0.25, final_survival_prob=0.8)
+    model = build_efficientnet(
+        "efficientnet-b0",
+        10,
+        input_shape=(32, 32, 3),
+        width_coefficient=0.25,
+        final_survival_prob=0.8,
+    )
     specs = en._block_specs(0.25, 1.0, False, 8, 0.8)
     assert len(specs) == 16
     for i, spec in enumerate(specs):
         # official: survival = 1 - 0.2 * i / num_blocks, i across all stages.
         assert spec.survival_prob == pytest.approx(1 - 0.2 * i / 16)
-    has_skip = {s.name + "drop": s.survival_prob for s in specs
-                if s.strides == 1 and s.filters_in == s.filters_out
-                and s.survival_prob < 1}
-    assert {l.name: l.survival_prob for l in _drop_layers(model)} == has_skip
+    has_skip = {
+        s.name + "drop": s.survival_prob
+        for s in specs
+        if s.strides == 1 and s.filters_in == s.filters_out and s.survival_prob < 1
+    }
+    assert {lyr.name: lyr.survival_prob for lyr in _drop_layers(model)} == has_skip
     assert len(has_skip) == 9  # B0: 16 blocks, 7 stage-first blocks lack a skip
-    no_noise = build_efficientnet("efficientnet-b0", 10, final_survival_prob=1.0,
-                                  dropout_rate=0.0, **TINY)
+    no_noise = build_efficientnet(
+        "efficientnet-b0", 10, final_survival_prob=1.0, dropout_rate=0.0, **TINY
+    )
     assert not _drop_layers(no_noise)
-    assert "top_dropout" not in [l.name for l in no_noise.layers]
+    assert "top_dropout" not in [lyr.name for lyr in no_noise.layers]
 
 
 def test_keras_applications_uses_the_same_drop_schedule():
     ours = build_efficientnet("efficientnet-b0", 10, input_shape=(32, 32, 3))
     theirs = _keras_app("efficientnet-b0", input_shape=(32, 32, 3), classes=10)
-    keras_rates = {l.name: l.rate for l in theirs.layers
-                   if l.name.endswith("_drop")}
+    keras_rates = {lyr.name: lyr.rate for lyr in theirs.layers if lyr.name.endswith("_drop")}
     assert keras_rates == pytest.approx(
-        {l.name: 1 - l.survival_prob for l in _drop_layers(ours)})
+        {lyr.name: 1 - lyr.survival_prob for lyr in _drop_layers(ours)}
+    )
 
 
 def test_stochastic_depth_layer_drops_at_rate_and_rescales():
@@ -238,17 +281,22 @@ def test_stochastic_depth_layer_drops_at_rate_and_rescales():
 
 
 def test_model_drops_each_residual_branch_at_scheduled_rate_only_in_training():
-    model = build_efficientnet("efficientnet-b0", 10, input_shape=(32, 32, 3),
-                               width_coefficient=0.25, depth_coefficient=0.5,
-                               small_image=True, final_survival_prob=0.5)
+    model = build_efficientnet(
+        "efficientnet-b0",
+        10,
+        input_shape=(32, 32, 3),
+        width_coefficient=0.25,
+        depth_coefficient=0.5,
+        small_image=True,
+        final_survival_prob=0.5,
+    )
     drops = _drop_layers(model)
-    probe = keras.Model(model.input,
-                        [l.input for l in drops] + [l.output for l in drops])
+    probe = keras.Model(model.input, [lyr.input for lyr in drops] + [lyr.output for lyr in drops])
     x = _pixels(256, 32)
     n, dropped = 0, np.zeros(len(drops))
     for _ in range(4):
         outs = [o.numpy() for o in probe(x, training=True)]
-        ins, results = outs[:len(drops)], outs[len(drops):]
+        ins, results = outs[: len(drops)], outs[len(drops) :]
         for k, (a, b) in enumerate(zip(ins, results)):
             live = np.abs(a).reshape(len(a), -1).max(1) > 0
             assert live.all()
@@ -260,10 +308,9 @@ def test_model_drops_each_residual_branch_at_scheduled_rate_only_in_training():
         assert abs(count / n - rate) < 4 * sigma + 1e-3, layer.name
     # Inference: every branch passes unchanged, logits are deterministic.
     outs = [o.numpy() for o in probe(x[:8], training=False)]
-    for a, b in zip(outs[:len(drops)], outs[len(drops):]):
+    for a, b in zip(outs[: len(drops)], outs[len(drops) :]):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(model(x[:8], training=False),
-                                  model(x[:8], training=False))
+    np.testing.assert_array_equal(model(x[:8], training=False), model(x[:8], training=False))
 
 
 def test_classifier_dropout_only_in_training():
@@ -281,18 +328,22 @@ def test_classifier_dropout_only_in_training():
 
 # --- bad input -----------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, bad, valid", [
-    (dict(name="efficientnet-b9"), "efficientnet-b9", "efficientnet-l2"),
-    (dict(width_coefficient=0), "width_coefficient", "positive"),
-    (dict(depth_coefficient=-1.0), "-1.0", "positive"),
-    (dict(resolution=0), "resolution", "positive"),
-    (dict(final_survival_prob=0.0), "0.0", "(0, 1]"),
-    (dict(final_survival_prob=1.5), "1.5", "(0, 1]"),
-    (dict(dropout_rate=1.0), "1.0", "[0, 1)"),
-    (dict(num_classes=0), "num_classes", "positive"),
-    (dict(widht_coefficient=1.0), "widht_coefficient", "width_coefficient"),
-    (dict(input_shape=(32, 32, 1)), "(32, 32, 1)", "(height, width, 3)"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, bad, valid",
+    [
+        (dict(name="efficientnet-b9"), "efficientnet-b9", "efficientnet-l2"),
+        (dict(width_coefficient=0), "width_coefficient", "positive"),
+        (dict(depth_coefficient=-1.0), "-1.0", "positive"),
+        (dict(resolution=0), "resolution", "positive"),
+        (dict(final_survival_prob=0.0), "0.0", "(0, 1]"),
+        (dict(final_survival_prob=1.5), "1.5", "(0, 1]"),
+        (dict(dropout_rate=1.0), "1.0", "[0, 1)"),
+        (dict(num_classes=0), "num_classes", "positive"),
+        (dict(widht_coefficient=1.0), "widht_coefficient", "width_coefficient"),
+        (dict(input_shape=(32, 32, 1)), "(32, 32, 1)", "(height, width, 3)"),
+    ],
+)
 def test_bad_arguments_raise_clear_value_errors(kwargs, bad, valid):
     args = dict(name="efficientnet-b0", num_classes=10)
     args.update(kwargs)
@@ -308,14 +359,14 @@ def test_stochastic_depth_rejects_bad_survival_prob():
 
 # --- keras.applications weight transfer ----------------------------------------
 
-@pytest.mark.parametrize("name, size", [("efficientnet-b0", 64),
-                                        ("efficientnet-b2", 48)])
+
+@pytest.mark.parametrize("name, size", [("efficientnet-b0", 64), ("efficientnet-b2", 48)])
 def test_logits_match_keras_applications_after_copy(name, size):
     source = _keras_app(name, input_shape=(size, size, 3))
     _randomize_statistics(source)
     model = build_efficientnet(name, 1000, input_shape=(size, size, 3))
     copied = load_keras_applications_weights(model, source)
-    assert len(copied) == len([l for l in model.layers if l.weights])
+    assert len(copied) == len([lyr for lyr in model.layers if lyr.weights])
     x = _pixels(4, size)
     expected = source(x, training=False).numpy()
     logits = model(x, training=False).numpy()
@@ -343,16 +394,17 @@ def test_load_from_weights_file(tmp_path, suffix):
 def test_imagenet_file_stddev_convention_is_corrected(tmp_path):
     # keras' ImageNet files hold the stddev as the Normalization variance.
     source = _keras_app("efficientnet-b0", input_shape=(32, 32, 3))
-    en.set_normalization(weights_lib._find_normalization(source)[0],
-                         en.IMAGENET_MEAN_RGB, en.IMAGENET_STDDEV_RGB)
+    en.set_normalization(
+        weights_lib._find_normalization(source)[0], en.IMAGENET_MEAN_RGB, en.IMAGENET_STDDEV_RGB
+    )
     path = str(tmp_path / "imagenet_like.weights.h5")
     source.save_weights(path)
-    model = build_efficientnet("efficientnet-b0", 1000, input_shape=(32, 32, 3),
-                               small_image=True)
+    model = build_efficientnet("efficientnet-b0", 1000, input_shape=(32, 32, 3), small_image=True)
     load_keras_applications_weights(model, path)
     norm = model.get_layer("normalization")
-    np.testing.assert_allclose(norm.variance.numpy().ravel(),
-                               np.square(en.IMAGENET_STDDEV_RGB), rtol=1e-6)
+    np.testing.assert_allclose(
+        norm.variance.numpy().ravel(), np.square(en.IMAGENET_STDDEV_RGB), rtol=1e-6
+    )
 
 
 def test_imagenet_model_rescaling_fix_is_folded_into_variance():
@@ -371,15 +423,15 @@ def test_imagenet_model_rescaling_fix_is_folded_into_variance():
 
 def test_backbone_transfer_into_small_image_model_with_other_classes():
     source = _keras_app("efficientnet-b0", input_shape=(32, 32, 3))
-    model = build_efficientnet("efficientnet-b0", 10, input_shape=(32, 32, 3),
-                               small_image=True)
+    model = build_efficientnet("efficientnet-b0", 10, input_shape=(32, 32, 3), small_image=True)
     head = model.get_layer("predictions").get_weights()
     with pytest.raises(ValueError, match="include_top=False"):
         load_keras_applications_weights(model, source)
     copied = load_keras_applications_weights(model, source, include_top=False)
     assert "predictions" not in copied and "stem_conv" in copied
-    np.testing.assert_array_equal(model.get_layer("top_conv").kernel,
-                                  source.get_layer("top_conv").kernel)
+    np.testing.assert_array_equal(
+        model.get_layer("top_conv").kernel, source.get_layer("top_conv").kernel
+    )
     for now, was in zip(model.get_layer("predictions").get_weights(), head):
         np.testing.assert_array_equal(now, was)
 

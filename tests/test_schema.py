@@ -32,7 +32,8 @@ def test_pseudo_record_full_and_topk(rng):
     assert int(full[schema.TEACHER_LABEL]) == 1
     assert float(full[schema.TEACHER_CONFIDENCE]) == pytest.approx(0.6)
     sparse = schema.parse_pseudo(
-        schema.add_teacher_view(base, probs, topk=2).SerializeToString(), 4)
+        schema.add_teacher_view(base, probs, topk=2).SerializeToString(), 4
+    )
     dense = sparse[schema.TEACHER_PROBS].numpy()
     # top-2 kept exactly; the remaining 0.15 spread over the other two classes
     np.testing.assert_allclose(dense, [0.075, 0.6, 0.075, 0.25], atol=1e-6)

@@ -10,14 +10,15 @@ Images that fail to decode are skipped and counted; output_dir/manifest.json
 holds the counts and the class list. Schema: docs/data_format.md.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from noisy_student_tf import cli
 from noisy_student_tf.data import ingest
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "An image folder, or tfds:NAME:SPLIT.", required=True)
 flags.DEFINE_string("output_dir", None, "Where shards and manifest.json go.", required=True)
-flags.DEFINE_integer("num_shards", 1, "Number of output shards.")
+flags.DEFINE_integer("num_shards", 1, "Number of output shards.", lower_bound=1)
 flags.DEFINE_string("prefix", "train", "Shard file name prefix.")
 flags.DEFINE_string("tfds_data_dir", None, "tfds data_dir for tfds: inputs.")
 
@@ -27,15 +28,20 @@ def main(argv):
     if FLAGS.input.startswith("tfds:"):
         parts = FLAGS.input.split(":")
         if len(parts) != 3:
-            raise app.UsageError(f"--input={FLAGS.input!r}: expected tfds:NAME:SPLIT")
+            raise cli.ConfigError(f"--input={FLAGS.input!r}: expected tfds:NAME:SPLIT")
         classes, items = ingest.tfds_items(parts[1], parts[2], FLAGS.tfds_data_dir)
     else:
         classes, items = ingest.folder_items(FLAGS.input)
-    manifest = ingest.write_source_shards(items, FLAGS.output_dir, FLAGS.num_shards,
-                                          FLAGS.prefix, classes)
-    logging.info("wrote %d records (%s skipped) to %s", manifest["written"],
-                 manifest["skipped"] or "none", FLAGS.output_dir)
+    manifest = ingest.write_source_shards(
+        items, FLAGS.output_dir, FLAGS.num_shards, FLAGS.prefix, classes
+    )
+    logging.info(
+        "wrote %d records (%s skipped) to %s",
+        manifest["written"],
+        manifest["skipped"] or "none",
+        FLAGS.output_dir,
+    )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,70 +14,96 @@ runtime. The `smoke` variant runs the same code in well under a minute.
 import ml_collections
 
 
-def model(dropout_rate=0.2, final_survival_prob=0.8, magnitude=9):
-    """One model block: architecture, multipliers and its noise."""
-    return ml_collections.ConfigDict(dict(
-        architecture="efficientnet-b0",
-        width_coefficient=0.25,
-        depth_coefficient=0.25,
-        small_image=True,  # stride 1 in stages 2-3 for 32 px inputs (official)
-        batch_norm_momentum=0.9,  # official 0.99 assumes ~100k steps; a few hundred here
-        dropout_rate=dropout_rate,  # before the classifier
-        final_survival_prob=final_survival_prob,  # stochastic depth, 1.0 -> this
-        randaugment_layers=2,  # N (paper: 2)
-        randaugment_magnitude=magnitude,  # M on the official 0-30 scale
-        cutout=True,
-    ))
+def model(dropout_rate=0.2, final_survival_prob=0.8, magnitude=9, flip=False):
+    """One model block: architecture, multipliers, its input preprocessing and noise."""
+    return ml_collections.ConfigDict(
+        dict(
+            architecture="efficientnet-b0",
+            width_coefficient=0.25,
+            depth_coefficient=0.25,
+            small_image=True,  # stride 1 in stages 2-3 for 32 px inputs (official)
+            batch_norm_momentum=0.9,  # official 0.99 assumes ~100k steps; a few hundred here
+            dropout_rate=dropout_rate,  # before the classifier
+            final_survival_prob=final_survival_prob,  # stochastic depth, 1.0 -> this
+            randaugment_layers=2,  # N (paper: 2)
+            randaugment_magnitude=magnitude,  # M on the official 0-30 scale
+            randaugment_variant="corrected",  # or "official" (the paper's uint8 wrap-around)
+            cutout=True,  # Cutout among RandAugment's ops (official op list)
+            # official (crop + flip + RandAugment + extra Cutout, data/preprocess.py)
+            # | randaugment_only | none
+            preprocess="official",
+            flip=flip,  # horizontal flip: off for digits (as the official SVHN runs)
+            extra_cutout=True,  # the official small-image Cutout of side size/2 after RandAugment
+        )
+    )
 
 
 def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.verbose = 1  # Keras progress bars (0: silent, 2: one line per epoch)
+    config.verbose = 1  # 1: ~15 progress lines per model; 0: silent; 2: Keras, a line per epoch
+    config.deterministic = False  # True: bit-identical reruns (deterministic kernels; slower)
     config.strategy = "default"  # default | mirrored | multi_worker | tpu
     config.tpu_address = ""
     config.jit_compile = False  # XLA measured ~4x slower than eager graphs on CPU
     config.num_iterations = 2  # students after the teacher (paper: 3)
     config.allow_smaller_student = False
+    # A .keras file or exported SavedModel to use as the first teacher instead
+    # of training one (ablations from one teacher); "" trains it.
+    config.teacher_checkpoint = ""
 
-    config.data = ml_collections.ConfigDict(dict(
-        source="digits",  # digits | tfrecord | tfds
-        path="",  # tfrecord: folder of train-*/test-*.tfrecord; tfds: its data_dir
-        name="",  # tfds: dataset name, e.g. cifar10
-        num_classes=10,
-        num_labeled_per_class=5,  # few labels: where self-training pays off
-        num_test_per_class=36,  # digits only
-        image_size=32,
-        split_seed=0,  # digits: the labeled/unlabeled/test split is fixed by this
-    ))
+    config.data = ml_collections.ConfigDict(
+        dict(
+            source="digits",  # digits | tfrecord | tfds
+            path="",  # tfrecord: folder of train-*/test-*.tfrecord; tfds: its data_dir
+            name="",  # tfds: dataset name, e.g. cifar10
+            num_classes=10,
+            num_labeled_per_class=5,  # few labels: where self-training pays off
+            num_test_per_class=36,  # digits only
+            image_size=32,
+            split_seed=0,  # digits: the labeled/unlabeled/test split is fixed by this
+        )
+    )
 
     config.teacher = model()
     config.student = model(dropout_rate=0.5, magnitude=9)  # paper: 0.5 for students
 
-    config.train = ml_collections.ConfigDict(dict(
-        batch_size=25,  # labeled images per step (global)
-        steps_per_epoch=0,  # 0: one pass over the labeled images
-        teacher_epochs=400,  # 2 steps per epoch: 800 steps
-        student_epochs=400,
-        optimizer="adam",  # rmsprop (official) | sgd | adam
-        learning_rate=0.01,  # per 256 labeled images; scaled with batch_size
-        schedule="cosine",  # exponential (official) | cosine | constant
-        warmup_epochs=3,
-        ema_decay=0.99,  # official 0.9999 over ~100k steps; short runs need less
-        weight_decay=1e-5,  # official
-        label_smoothing=0.1,  # official
-        eval_batch_size=256,
-    ))
+    config.train = ml_collections.ConfigDict(
+        dict(
+            batch_size=25,  # labeled images per step (global)
+            steps_per_epoch=0,  # 0: one pass over the labeled images
+            teacher_epochs=400,  # 2 steps per epoch: 800 steps
+            student_epochs=400,
+            optimizer="adam",  # rmsprop (official) | sgd | adam
+            learning_rate=0.01,  # per 256 labeled images; scaled with batch_size
+            schedule="cosine",  # exponential (official) | cosine | constant
+            warmup_epochs=3,
+            # Moving average of weights and batch-norm statistics, decay
+            # min(ema_decay, (1 + t) / (10 + t)) at step t (official main.py).
+            ema_decay=0.99,  # official 0.9999 over ~100k steps; short runs need less
+            decay_rate=0.97,  # exponential schedule: x0.97 ... (official)
+            decay_epochs=2.4,  # ... every 2.4 epochs (official; 2.4 x train_ratio)
+            final_learning_rate=0.0,  # >0: derive decay_epochs from it (official final_base_lr)
+            weight_decay=1e-5,  # official
+            label_smoothing=0.1,  # official
+            eval_batch_size=256,
+        )
+    )
 
-    config.pseudo = ml_collections.ConfigDict(dict(
-        soft=True,  # soft (probabilities) or hard (argmax) pseudo labels
-        temperature=1.0,
-        threshold=0.3,  # paper: drop images with confidence < 0.3
-        images_per_class=130,  # balance every class to this many (paper: 130K)
-        unlabeled_ratio=4,  # unlabeled batch = ratio x labeled batch (paper: 14, 28)
-        online=False,  # True: teacher runs inside the train step
-        via_records=False,  # True: label/filter/balance through TFRecords + Beam (tools/)
-    ))
+    config.pseudo = ml_collections.ConfigDict(
+        dict(
+            soft=True,  # soft (probabilities) or hard (argmax) pseudo labels
+            temperature=1.0,
+            threshold=0.3,  # paper: drop images with confidence < 0.3
+            images_per_class=130,
+            # exact: the top-K per class, duplicated exactly; official: the
+            # official filter_unlabel.py rule (raised per-class threshold, coin flips)
+            balance="exact",  # balance every class to this many (paper: 130K)
+            unlabeled_ratio=4,  # unlabeled batch = ratio x labeled batch (paper: 14, 28)
+            online=False,  # True: teacher runs inside the train step
+            via_records=False,  # True: label/filter/balance through TFRecords + Beam (tools/)
+        )
+    )
 
     if arg == "smoke":
         config.num_iterations = 1

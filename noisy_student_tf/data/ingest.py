@@ -12,10 +12,11 @@ are about equal and the output is deterministic.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import tensorflow as tf
 
+from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -32,9 +33,12 @@ def folder_items(root: str) -> tuple[list[str], Iterator[tuple[bytes, int, bytes
     entries = sorted(tf.io.gfile.listdir(root))
     classes = [e.rstrip("/") for e in entries if tf.io.gfile.isdir(os.path.join(root, e))]
     if classes:
-        files = [(os.path.join(c, f), label) for label, c in enumerate(classes)
-                 for f in sorted(tf.io.gfile.listdir(os.path.join(root, c)))
-                 if f.lower().endswith(IMAGE_EXTENSIONS)]
+        files = [
+            (os.path.join(c, f), label)
+            for label, c in enumerate(classes)
+            for f in sorted(tf.io.gfile.listdir(os.path.join(root, c)))
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        ]
     else:
         files = [(f, schema.UNLABELED) for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
@@ -57,8 +61,9 @@ def tfds_items(name: str, split: str, data_dir: str | None = None):
     features = builder.info.features
     label_feature = features["label"] if "label" in features else None
     classes = list(label_feature.names) if label_feature is not None else []
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
 
     def items():
         for i, ex in enumerate(tfds.as_numpy(ds)):
@@ -76,16 +81,22 @@ def _decodes(encoded: bytes) -> bool:
     return True
 
 
-def write_source_shards(items: Iterable[tuple[bytes, int, bytes]], output_dir: str,
-                        num_shards: int, prefix: str = "train",
-                        classes: list[str] | None = None) -> dict:
+def write_source_shards(
+    items: Iterable[tuple[bytes, int, bytes]],
+    output_dir: str,
+    num_shards: int,
+    prefix: str = "train",
+    classes: list[str] | None = None,
+) -> dict:
     """Writes source shards; returns the manifest (also `output_dir/manifest.json`)."""
     if num_shards < 1:
-        raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
+        raise ConfigError(f"--num_shards must be >= 1, got {num_shards}")
     timer = records.Timer()
     tf.io.gfile.makedirs(output_dir)
-    paths = [os.path.join(output_dir, records.shard_name(prefix, i, num_shards))
-             for i in range(num_shards)]
+    paths = [
+        os.path.join(output_dir, records.shard_name(prefix, i, num_shards))
+        for i in range(num_shards)
+    ]
     writers = [records.AtomicWriter(p) for p in paths]
     written, failures, per_class = 0, [], {}
     try:
@@ -93,8 +104,7 @@ def write_source_shards(items: Iterable[tuple[bytes, int, bytes]], output_dir: s
             if not _decodes(encoded):
                 failures.append(key.decode(errors="replace"))
                 continue
-            example = schema.source_example(encoded, label, key,
-                                            schema.image_format(encoded))
+            example = schema.source_example(encoded, label, key, schema.image_format(encoded))
             writers[written % num_shards].write(example.SerializeToString())
             per_class[label] = per_class.get(label, 0) + 1
             written += 1
@@ -105,12 +115,17 @@ def write_source_shards(items: Iterable[tuple[bytes, int, bytes]], output_dir: s
     for w in writers:
         w.commit()
     manifest = {
-        "stage": "make_records", "records_in": written + len(failures), "written": written,
+        "stage": "make_records",
+        "records_in": written + len(failures),
+        "written": written,
         "skipped": {"undecodable_image": len(failures)} if failures else {},
         "skipped_examples": failures[:MAX_NAMED_FAILURES],
-        "classes": classes or [], "num_classes": len(classes or []),
+        "classes": classes or [],
+        "num_classes": len(classes or []),
         "per_label": {str(k): v for k, v in sorted(per_class.items())},
         "shards": [os.path.basename(p) for p in paths],
-        "records_per_shard": [w.count for w in writers], "elapsed_s": timer.elapsed()}
+        "records_per_shard": [w.count for w in writers],
+        "elapsed_s": timer.elapsed(),
+    }
     records.write_json(os.path.join(output_dir, "manifest.json"), manifest)
     return manifest

@@ -4,9 +4,25 @@ Every training step sees one labeled batch of `batch_size` images and, for a
 student, one unlabeled batch `unlabeled_ratio` times larger (the official
 code's `unlabel_ratio`: 14, then 28 for the paper's L2 runs). The two streams
 are shuffled, repeated and batched separately and zipped, so the ratio holds
-exactly at every step. RandAugment (the student's input noise) is applied to
-the student's copies only; in the online-teacher mode the un-augmented
-unlabeled images travel alongside for the teacher.
+exactly at every step. The training preprocessing (`preprocess.TrainPreprocess`:
+crop, flip, RandAugment, Cutout) is applied to the student's copies only; in
+the online-teacher mode the un-augmented unlabeled images travel alongside
+for the teacher (the official `data_input.py` gives the teacher the eval
+view of the image, never the student's augmented one).
+
+Mixing. A selection from `filter_and_balance` is grouped by class, so a
+shuffle buffer smaller than the set would give batches of two or three
+classes for many steps. In-memory streams (arrays) are therefore shuffled
+completely: each epoch is a fresh permutation of the indices (8 bytes per
+image) from which batches are gathered. Record streams
+(`pseudo_labeled_records`) shuffle the file list, read all files (up to 64)
+interleaved record by record, and shuffle the serialized records.
+
+Determinism. Given `seed`, the batches are the same run after run: index
+permutations and augmentation keys are stateless functions of (seed, stream,
+epoch or batch index), maps run in parallel with deterministic ordering, and
+record streams use seeded shuffles (which, as all tf.data shuffles, also
+depend on the global seed that `keras.utils.set_random_seed` sets).
 
 Elements are dicts (all images uint8 [B, H, W, 3]):
   images [B], labels int64 [B]                           always
@@ -17,77 +33,202 @@ Elements are dicts (all images uint8 [B, H, W, 3]):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
+from noisy_student_tf.data import preprocess as preprocessing
 from noisy_student_tf.data import schema
 
-Augment = Callable[[tf.Tensor], tf.Tensor]
+# (uint8 images [B, H, W, 3], seed=int [2] key) -> uint8 images [B, S, S, 3].
+Preprocess = Callable[..., tf.Tensor]
+
+LABELED, UNLABELED = 0, 1  # stream ids in the keys
+DATASET_SHUFFLE_BUFFER = 1024  # official data_input.py: shuffle(1024) after interleave
+RECORD_SHUFFLE_BUFFER = 10_000  # serialized records (a few KB each) shuffled before decoding
+MAX_OPEN_FILES = 64  # official data_input.py: parallel_interleave cycle_length 64
 
 
-def _stream(ds: tf.data.Dataset, batch_size: int, seed: int) -> tf.data.Dataset:
-    size = ds.cardinality()
-    buffer = 10_000 if size < 0 else int(min(size, 10_000))
-    ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+def _stream_key(seed: int, stream: int) -> tf.Tensor:
+    return tf.constant([seed, stream], tf.int64)
+
+
+def _in_memory(arrays, batch_size: int, seed: int, stream: int) -> tf.data.Dataset:
+    """Batches gathered from arrays along a fresh full permutation per epoch."""
+    tensors = tf.nest.map_structure(tf.convert_to_tensor, arrays)
+    n = int(tf.nest.flatten(tensors)[0].shape[0])
+    if n == 0:
+        raise ValueError("an in-memory training stream is empty")
+    base = _stream_key(seed, stream)
+
+    def epoch(index):
+        key = tf.random.experimental.stateless_fold_in(base, index)
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), key)
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    order = tf.data.Dataset.counter().flat_map(epoch)
+    return order.batch(batch_size, drop_remainder=True).map(
+        lambda idx: tf.nest.map_structure(lambda t: tf.gather(t, idx), tensors),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _from_dataset(ds: tf.data.Dataset, batch_size: int, seed: int, stream: int, buffer: int):
+    size = int(ds.cardinality())
+    if size >= 0:
+        buffer = min(buffer, size)
+    if buffer > 1:
+        ds = ds.shuffle(buffer, seed=2 * seed + stream, reshuffle_each_iteration=True)
     return ds.repeat().batch(batch_size, drop_remainder=True)
 
 
-def training_dataset(labeled: tf.data.Dataset, batch_size: int,
-                     unlabeled: tf.data.Dataset | None = None,
-                     unlabeled_ratio: int = 0, augment: Augment | None = None,
-                     online_teacher: bool = False, seed: int = 0) -> tf.data.Dataset:
+def _stream(source, batch_size, seed, stream, buffer, preprocess, build):
+    """Shuffled, repeated batches of `source` mapped to dicts by `build`.
+
+    `build(student_images, clean_images, *rest)` gets the batch after and
+    before preprocessing, with a key that depends on (seed, stream, batch).
+    """
+    if isinstance(source, tf.data.Dataset):
+        ds = _from_dataset(source, batch_size, seed, stream, buffer)
+    else:
+        ds = _in_memory(source, batch_size, seed, stream)
+    base = _stream_key(seed, stream + 2)
+
+    def apply(index, element):
+        parts = element if isinstance(element, tuple) else (element,)
+        images = parts[0]
+        if preprocess is not None:
+            key = tf.random.experimental.stateless_fold_in(base, index)
+            student = preprocess(images, seed=key)
+        else:
+            student = images
+        return build(student, images, *parts[1:])
+
+    return ds.enumerate().map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _as_source(value):
+    if isinstance(value, tf.data.Dataset):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(np.asarray(v) if not tf.is_tensor(v) else v for v in value)
+    return value if tf.is_tensor(value) else np.asarray(value)
+
+
+def training_dataset(
+    labeled,
+    batch_size: int,
+    unlabeled=None,
+    unlabeled_ratio: int = 0,
+    preprocess: Preprocess | None = None,
+    online_teacher: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int = DATASET_SHUFFLE_BUFFER,
+) -> tf.data.Dataset:
     """An infinite dataset of per-step dicts (see the module docstring).
 
     Args:
-      labeled: unbatched (uint8 image [H, W, 3], int64 label).
+      labeled: (uint8 images [N, H, W, 3], int labels [N]) arrays, shuffled
+        completely; or an unbatched tf.data.Dataset of (image, label),
+        shuffled with `shuffle_buffer`.
       batch_size: labeled images per step (global, across replicas).
-      unlabeled: unbatched (image, float32 target [C]) for offline pseudo
-        labels, or images alone when `online_teacher` is set.
+      unlabeled: for offline pseudo labels (images, float32 targets [N, C]),
+        for the online teacher images alone; as arrays or an unbatched
+        Dataset (e.g. `pseudo_labeled_records`).
       unlabeled_ratio: unlabeled images per labeled image in each step.
-      augment: the student's input noise, applied to a uint8 batch; None
-        trains on clean images.
-      online_teacher: keep an un-augmented copy of the unlabeled batch for a
-        teacher inside the train step.
-      seed: shuffle seed.
+      preprocess: the student's training preprocessing,
+        `preprocess(uint8 batch, seed=int [2] key) -> uint8 batch` (e.g.
+        `preprocess.TrainPreprocess`); None trains on the images as given.
+      online_teacher: keep the un-preprocessed unlabeled batch for a teacher
+        inside the train step.
+      seed: the seed of every shuffle and augmentation key.
+      shuffle_buffer: buffer for streams given as Datasets (decoded images;
+        record streams are shuffled before decoding as well).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    noise = augment or (lambda x: x)
-    lab = _stream(labeled, batch_size, seed).map(
-        lambda x, y: {"images": noise(x), "labels": tf.cast(y, tf.int64)},
-        num_parallel_calls=tf.data.AUTOTUNE)
+    lab = _stream(
+        _as_source(labeled),
+        batch_size,
+        seed,
+        LABELED,
+        shuffle_buffer,
+        preprocess,
+        lambda x, clean, y: {"images": x, "labels": tf.cast(y, tf.int64)},
+    )
     if unlabeled is None:
         return lab.prefetch(tf.data.AUTOTUNE)
     if unlabeled_ratio < 1 or int(unlabeled_ratio) != unlabeled_ratio:
         raise ValueError(f"unlabeled_ratio must be an integer >= 1, got {unlabeled_ratio}")
     unl_batch = batch_size * int(unlabeled_ratio)
     if online_teacher:
-        unl = _stream(unlabeled, unl_batch, seed + 1).map(
-            lambda x: {"unlabeled_images": noise(x), "unlabeled_teacher_images": x},
-            num_parallel_calls=tf.data.AUTOTUNE)
+
+        def build(x, clean, *_):
+            return {"unlabeled_images": x, "unlabeled_teacher_images": clean}
+
     else:
-        unl = _stream(unlabeled, unl_batch, seed + 1).map(
-            lambda x, t: {"unlabeled_images": noise(x),
-                          "unlabeled_targets": tf.cast(t, tf.float32)},
-            num_parallel_calls=tf.data.AUTOTUNE)
+
+        def build(x, clean, t):
+            return {"unlabeled_images": x, "unlabeled_targets": tf.cast(t, tf.float32)}
+
+    unl = _stream(
+        _as_source(unlabeled), unl_batch, seed, UNLABELED, shuffle_buffer, preprocess, build
+    )
     both = tf.data.Dataset.zip(lab, unl).map(lambda a, b: {**a, **b})
     return both.prefetch(tf.data.AUTOTUNE)
 
 
-def pseudo_labeled_records(files: list[str], num_classes: int,
-                           image_size: int) -> tf.data.Dataset:
+def pseudo_labeled_records(
+    files: Sequence[str],
+    num_classes: int,
+    image_size: int,
+    seed: int = 0,
+    small_image: bool | None = None,
+    shuffle_buffer: int = RECORD_SHUFFLE_BUFFER,
+) -> tf.data.Dataset:
     """Unbatched (uint8 image, float32 probs [C]) from pseudo-labeled shards.
 
     This is the offline mode: the pseudo labels were written by the labeling
     stage (tools/label.py, tools/filter_balance.py), so no teacher runs while
-    the student trains.
+    the student trains. One pass over the records (finite; the training
+    pipeline repeats it), mixed as the official `data_input.py` read its
+    unlabeled shards: the file order is shuffled, up to 64 files are read
+    interleaved record by record, and the serialized records are shuffled
+    before decoding (cheap: encoded images). Images are decoded to the
+    model's resolution with the eval view (`preprocess.eval_preprocess`);
+    the training preprocessing then runs on batches in `training_dataset`,
+    as for in-memory images. For large images this draws the Inception crop
+    from the center view rather than from the full decoded image as the
+    official code did (a crop of 224/256 of the shorter side at 224 px).
+
+    Args:
+      files: TFRecord shards (docs/data_format.md).
+      num_classes: length of the stored distributions.
+      image_size: the model's input side.
+      seed: file-order and record shuffle seed.
+      small_image: eval view for 32 px models (see eval_preprocess).
+      shuffle_buffer: serialized records to shuffle over; 0 keeps the order.
     """
-    ds = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+    files = [str(f) for f in files]
+    if not files:
+        raise FileNotFoundError("pseudo_labeled_records got no files")
+    names = tf.data.Dataset.from_tensor_slices(files)
+    names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = names.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), MAX_OPEN_FILES),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
 
     def parse(serialized):
         record = schema.parse_pseudo(serialized, num_classes)
-        return (schema.decode_image(record[schema.IMAGE], image_size),
-                record[schema.TEACHER_PROBS])
+        image = preprocessing.eval_preprocess(record[schema.IMAGE], image_size, small_image)
+        return image, record[schema.TEACHER_PROBS]
 
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -17,9 +17,11 @@ import os
 import struct
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import tensorflow as tf
+
+from noisy_student_tf.cli import ConfigError
 
 SUFFIX = ".tfrecord"
 TMP_MARK = ".tmp-"  # PATH.tmp-<random>: a shard being written
@@ -38,13 +40,16 @@ def list_files(input_spec: str) -> list[str]:
         message names it.
     """
     if not input_spec:
-        raise ValueError("--input is empty; give a file glob or a folder of shards")
+        raise ConfigError("--input is empty; give a file glob or a folder of shards")
     if tf.io.gfile.isdir(input_spec):
         pattern = os.path.join(input_spec, f"*{SUFFIX}*")
     else:
         pattern = input_spec
-    files = sorted(f for f in tf.io.gfile.glob(pattern)
-                   if TMP_MARK not in os.path.basename(f) and not f.endswith(".json"))
+    files = sorted(
+        f
+        for f in tf.io.gfile.glob(pattern)
+        if TMP_MARK not in os.path.basename(f) and not f.endswith(".json")
+    )
     if not files:
         what = "folder" if tf.io.gfile.isdir(input_spec) else "path or glob"
         raise FileNotFoundError(f"input {what} {input_spec!r} matches no TFRecord file")
@@ -71,13 +76,17 @@ def read_records(path: str) -> Iterator[bytes]:
             if not header:
                 return
             if len(header) < 12:
-                raise IOError(f"TFRecord file {path!r} is truncated: record {index} "
-                              f"has a {len(header)}-byte header (expected 12)")
+                raise OSError(
+                    f"TFRecord file {path!r} is truncated: record {index} "
+                    f"has a {len(header)}-byte header (expected 12)"
+                )
             (length,) = struct.unpack("<Q", header[:8])
             body = f.read(length + 4)
             if len(body) < length + 4:
-                raise IOError(f"TFRecord file {path!r} is truncated: record {index} "
-                              f"needs {length + 4} bytes, {len(body)} remain")
+                raise OSError(
+                    f"TFRecord file {path!r} is truncated: record {index} "
+                    f"needs {length + 4} bytes, {len(body)} remain"
+                )
             yield body[:length]
             index += 1
 
@@ -96,13 +105,17 @@ def count_records(path: str) -> int:
             f.seek(offset)
             header = f.read(12)
             if len(header) < 12:
-                raise IOError(f"TFRecord file {path!r} is truncated: record {count} "
-                              f"has a {len(header)}-byte header (expected 12)")
+                raise OSError(
+                    f"TFRecord file {path!r} is truncated: record {count} "
+                    f"has a {len(header)}-byte header (expected 12)"
+                )
             (length,) = struct.unpack("<Q", header[:8])
             offset += 12 + length + 4
             if offset > size:
-                raise IOError(f"TFRecord file {path!r} is truncated: record {count} "
-                              f"ends at byte {offset}, the file has {size}")
+                raise OSError(
+                    f"TFRecord file {path!r} is truncated: record {count} "
+                    f"ends at byte {offset}, the file has {size}"
+                )
             count += 1
     return count
 

@@ -59,20 +59,28 @@ def encode_png(image: np.ndarray) -> bytes:
     return tf.io.encode_png(tf.convert_to_tensor(image, tf.uint8)).numpy()
 
 
-def source_example(encoded: bytes, label: int = UNLABELED, key: bytes = b"",
-                   image_format: bytes = b"png") -> tf.train.Example:
+def source_example(
+    encoded: bytes, label: int = UNLABELED, key: bytes = b"", image_format: bytes = b"png"
+) -> tf.train.Example:
     """Builds a source record: an encoded image, its label (or -1) and key."""
-    return tf.train.Example(features=tf.train.Features(feature={
-        IMAGE: _bytes([encoded]),
-        FORMAT: _bytes([image_format]),
-        LABEL: _ints([int(label)]),
-        KEY: _bytes([key]),
-    }))
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                IMAGE: _bytes([encoded]),
+                FORMAT: _bytes([image_format]),
+                LABEL: _ints([int(label)]),
+                KEY: _bytes([key]),
+            }
+        )
+    )
 
 
-def add_teacher_view(example: tf.train.Example, probs: np.ndarray,
-                     topk: int | None = None,
-                     confidence: float | None = None) -> tf.train.Example:
+def add_teacher_view(
+    example: tf.train.Example,
+    probs: np.ndarray,
+    topk: int | None = None,
+    confidence: float | None = None,
+) -> tf.train.Example:
     """Returns a copy of `example` with the teacher's prediction added.
 
     Args:
@@ -111,6 +119,7 @@ def decode_image(encoded: tf.Tensor, image_size: int | None = None) -> tf.Tensor
     """
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     if image_size is not None:
+
         def resize():
             resized = tf.image.resize(image, [image_size, image_size], antialias=True)
             return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
@@ -148,8 +157,10 @@ def parse_pseudo(serialized: tf.Tensor, num_classes: int) -> dict:
 
     probs = tf.cond(tf.size(dense) > 0, lambda: dense, from_topk)
     tf.debugging.assert_equal(
-        tf.size(probs), num_classes,
-        message=f"teacher/probs has the wrong length; expected {num_classes}")
+        tf.size(probs),
+        num_classes,
+        message=f"teacher/probs has the wrong length; expected {num_classes}",
+    )
     parsed[TEACHER_PROBS] = tf.ensure_shape(probs, [num_classes])
     del parsed[TEACHER_TOPK_CLASSES], parsed[TEACHER_TOPK_PROBS]
     return parsed
@@ -208,10 +219,12 @@ def check_pseudo(serialized: bytes, num_classes: int):
         if len(probs) != num_classes:
             return None, "probs_wrong_length"
     else:
-        classes = (feature[TEACHER_TOPK_CLASSES].int64_list.value
-                   if TEACHER_TOPK_CLASSES in feature else [])
-        topk = (feature[TEACHER_TOPK_PROBS].float_list.value
-                if TEACHER_TOPK_PROBS in feature else [])
+        classes = (
+            feature[TEACHER_TOPK_CLASSES].int64_list.value
+            if TEACHER_TOPK_CLASSES in feature
+            else []
+        )
+        topk = feature[TEACHER_TOPK_PROBS].float_list.value if TEACHER_TOPK_PROBS in feature else []
         if not len(classes) or len(classes) != len(topk) or len(classes) > num_classes:
             return None, "probs_wrong_length"
         if min(classes) < 0 or max(classes) >= num_classes:
@@ -220,7 +233,14 @@ def check_pseudo(serialized: bytes, num_classes: int):
     return {"label": int(label), "confidence": float(confidence), "key": key or b""}, None
 
 
-REJECT_REASONS = ("unparseable", "missing_image", "missing_teacher_view",
-                  "teacher_label_out_of_range", "confidence_out_of_range",
-                  "bad_source_label", "probs_wrong_length", "topk_class_out_of_range",
-                  "undecodable_image")
+REJECT_REASONS = (
+    "unparseable",
+    "missing_image",
+    "missing_teacher_view",
+    "teacher_label_out_of_range",
+    "confidence_out_of_range",
+    "bad_source_label",
+    "probs_wrong_length",
+    "topk_class_out_of_range",
+    "undecodable_image",
+)

@@ -16,6 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import schema
 
 
@@ -32,9 +33,11 @@ class SemiSupervisedData:
     num_classes: int
 
     def summary(self) -> str:
-        return (f"{len(self.labeled_labels)} labeled, {len(self.unlabeled_labels)} "
-                f"unlabeled, {len(self.test_labels)} test images of shape "
-                f"{self.test_images.shape[1:]}, {self.num_classes} classes")
+        return (
+            f"{len(self.labeled_labels)} labeled, {len(self.unlabeled_labels)} "
+            f"unlabeled, {len(self.test_labels)} test images of shape "
+            f"{self.test_images.shape[1:]}, {self.num_classes} classes"
+        )
 
 
 def first_per_class(labels: np.ndarray, per_class: int, num_classes: int) -> np.ndarray:
@@ -47,20 +50,27 @@ def first_per_class(labels: np.ndarray, per_class: int, num_classes: int) -> np.
     for c in range(num_classes):
         idx = np.flatnonzero(labels == c)
         if len(idx) < per_class:
-            raise ValueError(f"class {c} has only {len(idx)} records; "
-                             f"data.num_labeled_per_class={per_class} asks for more")
+            raise ConfigError(
+                f"class {c} has only {len(idx)} records; "
+                f"data.num_labeled_per_class={per_class} asks for more"
+            )
         mask[idx[:per_class]] = True
     return mask
 
 
 def _upscale(images: np.ndarray, image_size: int) -> np.ndarray:
-    resized = tf.image.resize(images.astype(np.float32), [image_size, image_size],
-                              method="bilinear")
+    resized = tf.image.resize(
+        images.astype(np.float32), [image_size, image_size], method="bilinear"
+    )
     return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
 
 
-def load_digits(num_labeled_per_class: int = 5, num_test_per_class: int = 36,
-                image_size: int = 32, split_seed: int = 0) -> SemiSupervisedData:
+def load_digits(
+    num_labeled_per_class: int = 5,
+    num_test_per_class: int = 36,
+    image_size: int = 32,
+    split_seed: int = 0,
+) -> SemiSupervisedData:
     """scikit-learn's bundled digits (1,797 8x8 images), upscaled to RGB.
 
     The split is deterministic given `split_seed`: per class, a seeded shuffle
@@ -79,23 +89,35 @@ def load_digits(num_labeled_per_class: int = 5, num_test_per_class: int = 36,
     for c in range(10):
         idx = rng.permutation(np.flatnonzero(labels == c))
         if len(idx) <= num_labeled_per_class + num_test_per_class:
-            raise ValueError(f"digits class {c} has {len(idx)} images; cannot take "
-                             f"{num_labeled_per_class} labeled + {num_test_per_class} test")
+            raise ConfigError(
+                f"digits class {c} has {len(idx)} images; cannot take "
+                f"{num_labeled_per_class} labeled + {num_test_per_class} test"
+            )
         parts["labeled"].append(idx[:num_labeled_per_class])
-        parts["test"].append(idx[num_labeled_per_class:num_labeled_per_class + num_test_per_class])
-        parts["unlabeled"].append(idx[num_labeled_per_class + num_test_per_class:])
+        parts["test"].append(
+            idx[num_labeled_per_class : num_labeled_per_class + num_test_per_class]
+        )
+        parts["unlabeled"].append(idx[num_labeled_per_class + num_test_per_class :])
     idx = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
     return SemiSupervisedData(
-        images[idx["labeled"]], labels[idx["labeled"]],
-        images[idx["unlabeled"]], labels[idx["unlabeled"]],
-        images[idx["test"]], labels[idx["test"]], num_classes=10)
+        images[idx["labeled"]],
+        labels[idx["labeled"]],
+        images[idx["unlabeled"]],
+        labels[idx["unlabeled"]],
+        images[idx["test"]],
+        labels[idx["test"]],
+        num_classes=10,
+    )
 
 
 def _read_split(files: list[str], image_size: int | None):
     ds = tf.data.TFRecordDataset(files)
     ds = ds.map(schema.parse_source, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda r: (schema.decode_image(r[schema.IMAGE], image_size), r[schema.LABEL]),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        lambda r: (schema.decode_image(r[schema.IMAGE], image_size), r[schema.LABEL]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     images, labels = [], []
     for x, y in ds.batch(4096):
         images.append(x.numpy())
@@ -113,19 +135,31 @@ def shard_files(path: str, split: str) -> list[str]:
     return files
 
 
-def load_tfrecord_dir(path: str, num_classes: int, num_labeled_per_class: int,
-                      image_size: int | None = None) -> SemiSupervisedData:
+def load_tfrecord_dir(
+    path: str, num_classes: int, num_labeled_per_class: int, image_size: int | None = None
+) -> SemiSupervisedData:
     """Source-schema shards `PATH/train-*` and `PATH/test-*` (e.g. shared CIFAR-10)."""
     train_files, test_files = shard_files(path, "train"), shard_files(path, "test")
     images, labels = _read_split(train_files, image_size)
     test_images, test_labels = _read_split(test_files, image_size)
     labeled = first_per_class(labels, num_labeled_per_class, num_classes)
-    return SemiSupervisedData(images[labeled], labels[labeled], images[~labeled],
-                              labels[~labeled], test_images, test_labels, num_classes)
+    return SemiSupervisedData(
+        images[labeled],
+        labels[labeled],
+        images[~labeled],
+        labels[~labeled],
+        test_images,
+        test_labels,
+        num_classes,
+    )
 
 
-def load_tfds(name: str, num_labeled_per_class: int, image_size: int | None = None,
-              data_dir: str | None = None) -> SemiSupervisedData:
+def load_tfds(
+    name: str,
+    num_labeled_per_class: int,
+    image_size: int | None = None,
+    data_dir: str | None = None,
+) -> SemiSupervisedData:
     """A tfds image classification dataset with 'train' and 'test' splits."""
     import tensorflow_datasets as tfds
 
@@ -136,16 +170,27 @@ def load_tfds(name: str, num_labeled_per_class: int, image_size: int | None = No
     def arrays(split):
         ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
         if image_size is not None:
-            ds = ds.map(lambda x, y: (tf.cast(tf.round(tf.image.resize(
-                x, [image_size, image_size])), tf.uint8), y))
+            ds = ds.map(
+                lambda x, y: (
+                    tf.cast(tf.round(tf.image.resize(x, [image_size, image_size])), tf.uint8),
+                    y,
+                )
+            )
         xs, ys = zip(*[(x, y) for x, y in tfds.as_numpy(ds.batch(4096))])
         return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
 
     images, labels = arrays("train")
     test_images, test_labels = arrays("test")
     labeled = first_per_class(labels, num_labeled_per_class, num_classes)
-    return SemiSupervisedData(images[labeled], labels[labeled], images[~labeled],
-                              labels[~labeled], test_images, test_labels, num_classes)
+    return SemiSupervisedData(
+        images[labeled],
+        labels[labeled],
+        images[~labeled],
+        labels[~labeled],
+        test_images,
+        test_labels,
+        num_classes,
+    )
 
 
 SOURCES = ("digits", "tfrecord", "tfds")
@@ -155,12 +200,24 @@ def load_source(data_config) -> SemiSupervisedData:
     """Loads the source a config's `data` block names (see experiments/configs)."""
     source = data_config.source
     if source == "digits":
-        return load_digits(data_config.num_labeled_per_class, data_config.num_test_per_class,
-                           data_config.image_size, data_config.split_seed)
+        return load_digits(
+            data_config.num_labeled_per_class,
+            data_config.num_test_per_class,
+            data_config.image_size,
+            data_config.split_seed,
+        )
     if source == "tfrecord":
-        return load_tfrecord_dir(data_config.path, data_config.num_classes,
-                                 data_config.num_labeled_per_class, data_config.image_size)
+        return load_tfrecord_dir(
+            data_config.path,
+            data_config.num_classes,
+            data_config.num_labeled_per_class,
+            data_config.image_size,
+        )
     if source == "tfds":
-        return load_tfds(data_config.name, data_config.num_labeled_per_class,
-                         data_config.image_size, data_config.get("path") or None)
-    raise ValueError(f"data.source={source!r} is not one of {SOURCES}")
+        return load_tfds(
+            data_config.name,
+            data_config.num_labeled_per_class,
+            data_config.image_size,
+            data_config.get("path") or None,
+        )
+    raise ConfigError(f"data.source={source!r} is not one of {SOURCES}")

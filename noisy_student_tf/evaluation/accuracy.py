@@ -6,8 +6,9 @@ import keras
 import numpy as np
 
 
-def top1_accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray,
-                  batch_size: int = 256) -> float:
+def top1_accuracy(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256
+) -> float:
     """Fraction of `images` whose argmax logit equals `labels`."""
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")

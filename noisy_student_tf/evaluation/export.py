@@ -21,7 +21,8 @@ def export_saved_model(model: keras.Model, path: str) -> str:
     archive.add_endpoint(
         name="serve",
         fn=lambda images: model(images, training=False),
-        input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32)])
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32)],
+    )
     archive.write_out(path, verbose=False)
     return path
 
@@ -34,7 +35,7 @@ def load_saved_model(path: str):
     def predict(images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         out = []
         for start in range(0, len(images), batch_size):
-            batch = tf.convert_to_tensor(images[start:start + batch_size], tf.float32)
+            batch = tf.convert_to_tensor(images[start : start + batch_size], tf.float32)
             result = serve(batch)
             out.append(next(iter(result.values())).numpy())
         return np.concatenate(out)

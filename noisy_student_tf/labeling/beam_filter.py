@@ -1,17 +1,26 @@
 """The paper's filter-and-balance rule as an Apache Beam pipeline (JFT scale).
 
-Same rule as select.filter_and_balance, record for record (tests check
-that): drop records whose teacher confidence is below `threshold`; a class
-with n > K candidates keeps its K most confident (ties broken by image key);
-a class with 0 < n <= K candidates gives each floor(K / n) copies and a
-choice of K mod n of them, drawn from `select.class_rng(seed, class)` over the
-candidates in (confidence desc, key asc) order, one more.
+Same rules as select.filter_and_balance, record for record (tests check
+that): drop records whose teacher confidence is below `threshold`, then
+balance each class to K records.
 
-Scale: no worker holds a class's records. `Top.PerKey` keeps, per class, a
-bounded heap of K (confidence, key) pairs (no image bytes). Over-full classes
-reduce to one cutoff pair each (a tiny side input); under-full classes, whose
-candidate lists are shorter than K by definition, are turned into per-key
-copy counts and joined back to their records with CoGroupByKey.
+`balance="exact"`: a class with n > K candidates keeps its K most confident
+(ties broken by image key); a class with 0 < n <= K candidates gives each
+floor(K / n) copies and a choice of K mod n of them, drawn from
+`select.class_rng(seed, class)` over the candidates in (confidence desc, key
+asc) order, one more. Scale: no worker holds a class's records. `Top.PerKey`
+keeps, per class, a bounded heap of K (confidence, key) pairs (no image
+bytes). Over-full classes reduce to one cutoff pair each (a tiny side
+input); under-full classes, whose candidate lists are shorter than K by
+definition, are turned into per-key copy counts and joined back to their
+records with CoGroupByKey.
+
+`balance="official"` (official filter_unlabel.py; see select.py): each
+class's candidates are counted per 0.01 confidence level (at most 101
+counters per class), which gives the class threshold and the number P of
+images passing it (a side input of one pair per class); then every record
+decides alone, by its `select.coin(seed, key)`, how many of its
+int(K / P) or int(K / P) + 1 copies to write. No grouping of records at all.
 
 Determinism: every copy goes to output shard hash(seed, key, copy) mod S and
 a shard is sorted by that hash before it is written, so the output bytes do
@@ -29,13 +38,24 @@ import os
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
-from absl import logging
 
+from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.labeling import report
-from noisy_student_tf.labeling.select import balanced_quota, class_rng, validate_threshold
+from noisy_student_tf.labeling.select import (
+    balanced_quota,
+    class_rng,
+    level_index,
+    official_copies,
+    official_plan,
+    threshold_levels,
+    validate_balance,
+    validate_threshold,
+)
+from noisy_student_tf.labeling.shards import MANIFEST_SUFFIX
 
 HIST_BINS = 20  # confidence histogram bins over [0, 1]
 
@@ -84,8 +104,9 @@ class _Classify(beam.DoFn):
 def _decodes(serialized: bytes) -> bool:
     feature = tf.train.Example.FromString(serialized).features.feature
     try:
-        tf.io.decode_image(feature[schema.IMAGE].bytes_list.value[0], channels=3,
-                           expand_animations=False)
+        tf.io.decode_image(
+            feature[schema.IMAGE].bytes_list.value[0], channels=3, expand_animations=False
+        )
     except (tf.errors.InvalidArgumentError, ValueError):
         return False
     return True
@@ -129,7 +150,45 @@ class _Route(beam.DoFn):
     def finish_bundle(self):
         if self._over:
             yield beam.pvalue.TaggedOutput(
-                "stats", GlobalWindows.windowed_value(("over_quota", self._over)))
+                "stats", GlobalWindows.windowed_value(("over_quota", self._over))
+            )
+
+
+def _official_plan(class_and_counts, levels: np.ndarray, images_per_class: int):
+    """(class, [(level, count), ...]) -> (class, (class threshold, images passing it))."""
+    label, level_counts = class_and_counts
+    counts = np.zeros(len(levels), np.int64)
+    for level, n in level_counts:
+        counts[level] += n
+    j, passing = official_plan(counts, images_per_class)
+    return label, (float(levels[j]), passing)
+
+
+class _Coins(beam.DoFn):
+    """Official rule: a candidate at or above its class threshold gets
+    int(K / P) copies, or one more if its coin says so; others are dropped."""
+
+    def __init__(self, images_per_class: int, seed: int):
+        self._k, self._seed = images_per_class, seed
+
+    def start_bundle(self):
+        self._over = 0
+
+    def process(self, element, plans):
+        label, (neg_conf, key, serialized) = element
+        level, passing = plans[label]
+        if np.float32(-neg_conf) >= np.float32(level):
+            copies = official_copies(self._k, passing, self._seed, key)
+            if copies:
+                yield label, key, copies, serialized
+                return
+        self._over += 1
+
+    def finish_bundle(self):
+        if self._over:
+            yield beam.pvalue.TaggedOutput(
+                "stats", GlobalWindows.windowed_value(("over_quota", self._over))
+            )
 
 
 def _join_copies(element):
@@ -150,19 +209,25 @@ class _Expand(beam.DoFn):
         self._seed, self._num_shards = seed, num_shards
 
     def start_bundle(self):
-        self._out = {}
+        self._out, self._kept = {}, {}
 
     def process(self, element):
         label, key, copies, serialized = element
         self._out[label] = self._out.get(label, 0) + copies
+        self._kept[label] = self._kept.get(label, 0) + 1
         for j in range(copies):
             h = _shard_hash(self._seed, key, j)
             yield int.from_bytes(h, "big") % self._num_shards, (h, serialized)
 
     def finish_bundle(self):
         for label, n in self._out.items():
-            yield beam.pvalue.TaggedOutput("stats",
-                                           GlobalWindows.windowed_value((f"out/{label}", n)))
+            yield beam.pvalue.TaggedOutput(
+                "stats", GlobalWindows.windowed_value((f"out/{label}", n))
+            )
+        for label, n in self._kept.items():
+            yield beam.pvalue.TaggedOutput(
+                "stats", GlobalWindows.windowed_value((f"kept/{label}", n))
+            )
 
 
 class _WriteShard(beam.DoFn):
@@ -182,10 +247,20 @@ def _stats_line(kv):
     return json.dumps(list(kv))
 
 
-def build_pipeline(pipeline: beam.Pipeline, input_files: list[str], stats_prefix: str,
-                   output_dir: str, num_classes: int, threshold: float,
-                   images_per_class: int, num_output_shards: int, seed: int,
-                   check_images: bool, output_prefix: str) -> None:
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    input_files: list[str],
+    stats_prefix: str,
+    output_dir: str,
+    num_classes: int,
+    threshold: float,
+    images_per_class: int,
+    num_output_shards: int,
+    seed: int,
+    check_images: bool,
+    output_prefix: str,
+    balance: str = "exact",
+) -> None:
     """Adds the filter/balance transforms to `pipeline` (see the module docstring)."""
     k = images_per_class
     classified = (
@@ -193,43 +268,82 @@ def build_pipeline(pipeline: beam.Pipeline, input_files: list[str], stats_prefix
         | "Files" >> beam.Create(input_files)
         | "SpreadFiles" >> beam.Reshuffle()
         | "Read" >> beam.FlatMap(records.read_records)
-        | "Classify" >> beam.ParDo(_Classify(num_classes, threshold, check_images))
-        .with_outputs("stats", main="candidates"))
+        | "Classify"
+        >> beam.ParDo(_Classify(num_classes, threshold, check_images)).with_outputs(
+            "stats", main="candidates"
+        )
+    )
     candidates = classified.candidates
-    counts = (candidates | "Ones" >> beam.Map(lambda kv: (kv[0], 1))
-              | "CountPerClass" >> beam.CombinePerKey(sum))
+    counts = (
+        candidates
+        | "Ones" >> beam.Map(lambda kv: (kv[0], 1))
+        | "CountPerClass" >> beam.CombinePerKey(sum)
+    )
     stats = [classified.stats]
-    if k:
+    if k and balance == "official":
+        levels = threshold_levels(threshold)
+        plans = (
+            candidates
+            | "Levels" >> beam.Map(lambda kv: ((kv[0], int(level_index(-kv[1][0], levels))), 1))
+            | "CountPerLevel" >> beam.CombinePerKey(sum)
+            | "ByClass" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+            | "LevelsPerClass" >> beam.GroupByKey()
+            | "OfficialPlan" >> beam.Map(_official_plan, levels=levels, images_per_class=k)
+        )
+        routed = candidates | "Coins" >> beam.ParDo(
+            _Coins(k, seed), plans=beam.pvalue.AsDict(plans)
+        ).with_outputs("stats", main="kept")
+        kept = routed.kept
+        stats.append(routed.stats)
+        stats.append(
+            plans | "ThresholdStats" >> beam.Map(lambda kv: (f"class_threshold/{kv[0]}", kv[1][0]))
+        )
+    elif k:
         plans = (
             candidates
             | "Pairs" >> beam.Map(lambda kv: (kv[0], (kv[1][0], kv[1][1])))
             | "TopKPerClass" >> beam.combiners.Top.PerKey(k, reverse=True)
-            | "Plan" >> beam.FlatMap(_plan, counts=beam.pvalue.AsDict(counts),
-                                     images_per_class=k, seed=seed))
-        cutoffs = (plans | "Cutoffs" >> beam.Filter(lambda p: p[0] == "cutoff")
-                   | "CutoffKV" >> beam.Map(lambda p: (p[1], p[2])))
-        copies = (plans | "Copies" >> beam.Filter(lambda p: p[0] == "copies")
-                  | "CopiesKV" >> beam.Map(lambda p: (p[1], p[2])))
+            | "Plan"
+            >> beam.FlatMap(_plan, counts=beam.pvalue.AsDict(counts), images_per_class=k, seed=seed)
+        )
+        cutoffs = (
+            plans
+            | "Cutoffs" >> beam.Filter(lambda p: p[0] == "cutoff")
+            | "CutoffKV" >> beam.Map(lambda p: (p[1], p[2]))
+        )
+        copies = (
+            plans
+            | "Copies" >> beam.Filter(lambda p: p[0] == "copies")
+            | "CopiesKV" >> beam.Map(lambda p: (p[1], p[2]))
+        )
         routed = candidates | "Route" >> beam.ParDo(
-            _Route(k), counts=beam.pvalue.AsDict(counts),
-            cutoffs=beam.pvalue.AsDict(cutoffs)).with_outputs("under", "stats", main="kept")
-        joined = ({"records": routed.under, "copies": copies}
-                  | "JoinCopies" >> beam.CoGroupByKey()
-                  | "WithCopies" >> beam.FlatMap(_join_copies))
+            _Route(k), counts=beam.pvalue.AsDict(counts), cutoffs=beam.pvalue.AsDict(cutoffs)
+        ).with_outputs("under", "stats", main="kept")
+        joined = (
+            {"records": routed.under, "copies": copies}
+            | "JoinCopies" >> beam.CoGroupByKey()
+            | "WithCopies" >> beam.FlatMap(_join_copies)
+        )
         kept = (routed.kept, joined) | "AllKept" >> beam.Flatten()
         stats.append(routed.stats)
     else:
         kept = candidates | "KeepAll" >> beam.Map(lambda kv: (kv[0], kv[1][1], 1, kv[1][2]))
-    expanded = kept | "Expand" >> beam.ParDo(
-        _Expand(seed, num_output_shards)).with_outputs("stats", main="copies")
+    expanded = kept | "Expand" >> beam.ParDo(_Expand(seed, num_output_shards)).with_outputs(
+        "stats", main="copies"
+    )
     stats.append(expanded.stats)
-    _ = (expanded.copies
-         | "GroupByShard" >> beam.GroupByKey()
-         | "WriteShards" >> beam.ParDo(_WriteShard(output_dir, output_prefix, num_output_shards)))
-    _ = (tuple(stats) | "AllStats" >> beam.Flatten()
-         | "SumStats" >> beam.CombinePerKey(sum)
-         | "StatsJson" >> beam.Map(_stats_line)
-         | "WriteStats" >> beam.io.WriteToText(stats_prefix))
+    _ = (
+        expanded.copies
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(_WriteShard(output_dir, output_prefix, num_output_shards))
+    )
+    _ = (
+        tuple(stats)
+        | "AllStats" >> beam.Flatten()
+        | "SumStats" >> beam.CombinePerKey(sum)
+        | "StatsJson" >> beam.Map(_stats_line)
+        | "WriteStats" >> beam.io.WriteToText(stats_prefix)
+    )
 
 
 def _read_stats(stats_dir: str) -> dict:
@@ -242,16 +356,93 @@ def _read_stats(stats_dir: str) -> dict:
     return stats
 
 
-def run_filter_balance(input_files: list[str], output_dir: str, num_classes: int,
-                       threshold: float = 0.3, images_per_class: int = 0,
-                       num_output_shards: int = 1, seed: int = 0,
-                       check_images: bool = False, output_prefix: str = "pseudo",
-                       pipeline_args: list[str] | None = None, plots: bool = True) -> dict:
+def infer_num_classes(input_files: list[str], max_records: int = 1000) -> int | None:
+    """The teacher's class count, from what tools/label.py left beside the shards.
+
+    In order: the per-shard manifests (`SHARD.manifest.json`), the folder's
+    `manifest.json`, then the length of `teacher/probs` in the first records
+    (at most `max_records` are read). Top-k records do not tell the class
+    count, so without a manifest they give None.
+
+    Raises:
+      ConfigError: the sources disagree (shards labeled by different teachers).
+    """
+    found = {}
+    folders = sorted({os.path.dirname(f) for f in input_files})
+    for path in [f + MANIFEST_SUFFIX for f in input_files] + [
+        os.path.join(d, "manifest.json") for d in folders
+    ]:
+        if tf.io.gfile.exists(path):
+            value = records.read_json(path).get("num_classes")
+            if value:
+                found.setdefault(int(value), path)
+    if not found:
+        read = 0
+        for path in input_files:
+            for serialized in records.read_records(path):
+                read += 1
+                try:
+                    feature = tf.train.Example.FromString(serialized).features.feature
+                except Exception:  # noqa: BLE001 - a bad record is counted by the pipeline
+                    continue
+                if schema.TEACHER_PROBS in feature:
+                    length = len(feature[schema.TEACHER_PROBS].float_list.value)
+                    if length:
+                        found.setdefault(length, f"the teacher/probs of {path!r}")
+                        break
+                if read >= max_records:
+                    break
+            if found or read >= max_records:
+                break
+    if len(found) > 1:
+        raise ConfigError(
+            "the inputs disagree on the number of classes: "
+            + ", ".join(f"{n} ({where})" for n, where in sorted(found.items()))
+        )
+    return next(iter(found)) if found else None
+
+
+def resolve_num_classes(input_files: list[str], num_classes: int | None) -> int:
+    """`num_classes` checked against the inputs, or inferred from them when None/0."""
+    if num_classes is not None and num_classes < 0:
+        raise ConfigError(f"--num_classes must be >= 1, got {num_classes}")
+    inferred = infer_num_classes(input_files)
+    if num_classes:
+        if inferred is not None and inferred != num_classes:
+            raise ConfigError(
+                f"--num_classes={num_classes} but the inputs say {inferred} "
+                "(labeling manifest or teacher/probs length)"
+            )
+        return int(num_classes)
+    if inferred is None:
+        raise ConfigError(
+            "--num_classes is not set and the inputs do not give it (no labeling "
+            "manifest.json beside them, and top-k records do not carry the class count)"
+        )
+    return inferred
+
+
+def run_filter_balance(
+    input_files: list[str],
+    output_dir: str,
+    num_classes: int | None = None,
+    threshold: float = 0.3,
+    images_per_class: int = 0,
+    num_output_shards: int = 1,
+    seed: int = 0,
+    check_images: bool = False,
+    output_prefix: str = "pseudo",
+    pipeline_args: list[str] | None = None,
+    plots: bool = True,
+    balance: str = "exact",
+) -> dict:
     """Runs the pipeline; writes shards, manifest.json and plots into `output_dir`.
 
     Args:
       input_files: pseudo-labeled shards (tools/label.py output).
-      num_classes: the teacher's class count (probability vectors must match).
+      num_classes: the teacher's class count (probability vectors must match);
+        None or 0 infers it (`infer_num_classes`); given, it must agree with
+        what the inputs say.
       threshold: keep records with teacher/confidence >= threshold (paper: 0.3).
       images_per_class: K (paper: 130K for ImageNet); 0 keeps every record
         above the threshold, unbalanced.
@@ -261,19 +452,26 @@ def run_filter_balance(input_files: list[str], output_dir: str, num_classes: int
       check_images: also decode every image and drop undecodable ones.
       pipeline_args: Beam options, e.g. ["--runner=DataflowRunner", ...];
         the default is the DirectRunner.
+      balance: "exact" (K per class exactly) or "official" (the official
+        code's per-class threshold and coin flips; K on average). See
+        select.py.
 
     Returns:
       The manifest (see docs/data_format.md).
     """
     validate_threshold(threshold)
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    validate_balance(balance)
     if images_per_class < 0 or num_output_shards < 1:
-        raise ValueError(f"images_per_class must be >= 0 (got {images_per_class}) and "
-                         f"num_output_shards >= 1 (got {num_output_shards})")
+        raise ConfigError(
+            f"--images_per_class must be >= 0 (got {images_per_class}) and "
+            f"--num_output_shards >= 1 (got {num_output_shards})"
+        )
+    if not input_files:
+        raise FileNotFoundError("no input files given")
     for path in input_files:
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"input file {path!r} does not exist")
+    num_classes = resolve_num_classes(input_files, num_classes)
     timer = records.Timer()
     tf.io.gfile.makedirs(output_dir)
     for old in tf.io.gfile.glob(os.path.join(output_dir, f"{output_prefix}-*-of-*.tfrecord")):
@@ -283,9 +481,20 @@ def run_filter_balance(input_files: list[str], output_dir: str, num_classes: int
         tf.io.gfile.rmtree(stats_dir)
     options = PipelineOptions(pipeline_args or [])
     with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, input_files, os.path.join(stats_dir, "part"), output_dir,
-                       num_classes, threshold, images_per_class, num_output_shards, seed,
-                       check_images, output_prefix)
+        build_pipeline(
+            pipeline,
+            input_files,
+            os.path.join(stats_dir, "part"),
+            output_dir,
+            num_classes,
+            threshold,
+            images_per_class,
+            num_output_shards,
+            seed,
+            check_images,
+            output_prefix,
+            balance,
+        )
     stats = _read_stats(stats_dir)
     tf.io.gfile.rmtree(stats_dir)
     shards = []
@@ -294,44 +503,85 @@ def run_filter_balance(input_files: list[str], output_dir: str, num_classes: int
         if not tf.io.gfile.exists(path):
             records.AtomicWriter(path).commit()
         shards.append(os.path.basename(path))
-    manifest = build_manifest(stats, num_classes, images_per_class)
-    manifest.update({
-        "stage": "filter_balance", "inputs": len(input_files), "num_classes": num_classes,
-        "threshold": threshold, "images_per_class": images_per_class, "seed": seed,
-        "check_images": check_images, "num_output_shards": num_output_shards,
-        "shards": shards, "pipeline_args": list(pipeline_args or []),
-        "elapsed_s": timer.elapsed()})
+    official = balance == "official" and bool(images_per_class)
+    manifest = build_manifest(stats, num_classes, threshold if official else None)
+    manifest.update(
+        {
+            "stage": "filter_balance",
+            "inputs": len(input_files),
+            "num_classes": num_classes,
+            "threshold": threshold,
+            "images_per_class": images_per_class,
+            "balance": balance,
+            "seed": seed,
+            "check_images": check_images,
+            "num_output_shards": num_output_shards,
+            "shards": shards,
+            "pipeline_args": list(pipeline_args or []),
+            "elapsed_s": timer.elapsed(),
+        }
+    )
     if plots:
         manifest["plots"] = report.plot_filter_balance(manifest, output_dir)
     records.write_json(os.path.join(output_dir, "manifest.json"), manifest)
-    logging.info("filter_balance: %d in, %d out records in %d shards (%.1f s)",
-                 manifest["in"], manifest["out_records"], num_output_shards,
-                 manifest["elapsed_s"])
+    logging.info(
+        "filter_balance: %d in, %d out records in %d shards (%.1f s)",
+        manifest["in"],
+        manifest["out_records"],
+        num_output_shards,
+        manifest["elapsed_s"],
+    )
     return manifest
 
 
-def build_manifest(stats: dict, num_classes: int, images_per_class: int) -> dict:
-    """Counts in, kept, dropped by reason and per class, from the pipeline's stats."""
-    invalid = {name.split("/", 1)[1]: n for name, n in sorted(stats.items())
-               if name.startswith("invalid/")}
+def build_manifest(stats: dict, num_classes: int, official_threshold: float | None = None) -> dict:
+    """Counts in, kept, dropped by reason and per class, from the pipeline's stats.
+
+    With `official_threshold` (the global threshold of an "official" run),
+    each class row also gets its raised `threshold` (the global one for a
+    class without candidates).
+    """
+    invalid = {
+        name.split("/", 1)[1]: n for name, n in sorted(stats.items()) if name.startswith("invalid/")
+    }
     per_class = []
     for c in range(num_classes):
-        n = stats.get(f"candidates/{c}", 0)
-        kept = min(n, images_per_class) if images_per_class else n
+        kept = stats.get(f"kept/{c}", 0)
         out = stats.get(f"out/{c}", 0)
-        per_class.append({"class": c, "total": stats.get(f"total/{c}", 0), "candidates": n,
-                          "kept": kept, "copies": out, "duplicated": out - kept})
+        row = {
+            "class": c,
+            "total": stats.get(f"total/{c}", 0),
+            "candidates": stats.get(f"candidates/{c}", 0),
+            "kept": kept,
+            "copies": out,
+            "duplicated": out - kept,
+        }
+        if official_threshold is not None:
+            row["threshold"] = stats.get(f"class_threshold/{c}", float(official_threshold))
+        per_class.append(row)
     kept_unique = sum(p["kept"] for p in per_class)
-    dropped = {"below_threshold": stats.get("below_threshold", 0),
-               "over_quota": stats.get("over_quota", 0), "invalid": invalid}
+    dropped = {
+        "below_threshold": stats.get("below_threshold", 0),
+        "over_quota": stats.get("over_quota", 0),
+        "invalid": invalid,
+    }
     num_dropped = dropped["below_threshold"] + dropped["over_quota"] + sum(invalid.values())
     num_in = stats.get("in", 0)
     if num_in != kept_unique + num_dropped:
-        raise RuntimeError(f"filter_balance counts do not add up: {num_in} in, "
-                           f"{kept_unique} kept, {num_dropped} dropped ({dropped})")
+        raise RuntimeError(
+            f"filter_balance counts do not add up: {num_in} in, "
+            f"{kept_unique} kept, {num_dropped} dropped ({dropped})"
+        )
     hist = [stats.get(f"hist/{b}", 0) for b in range(HIST_BINS)]
-    return {"in": num_in, "kept_unique": kept_unique, "dropped": dropped,
-            "num_dropped": num_dropped, "out_records": sum(p["copies"] for p in per_class),
-            "per_class": per_class,
-            "confidence_histogram": {"edges": np.linspace(0, 1, HIST_BINS + 1).round(3).tolist(),
-                                     "counts": hist}}
+    return {
+        "in": num_in,
+        "kept_unique": kept_unique,
+        "dropped": dropped,
+        "num_dropped": num_dropped,
+        "out_records": sum(p["copies"] for p in per_class),
+        "per_class": per_class,
+        "confidence_histogram": {
+            "edges": np.linspace(0, 1, HIST_BINS + 1).round(3).tolist(),
+            "counts": hist,
+        },
+    }

@@ -20,8 +20,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def predict_probabilities(teacher: keras.Model, images, batch_size: int = 256,
-                          verbose: int | str = "auto") -> np.ndarray:
+def predict_probabilities(
+    teacher: keras.Model, images, batch_size: int = 256, verbose: int | str = "auto"
+) -> np.ndarray:
     """Softmax of the teacher's logits in inference mode: float32 [N, C].
 
     Args:
@@ -32,8 +33,9 @@ def predict_probabilities(teacher: keras.Model, images, batch_size: int = 256,
     return softmax(teacher.predict(images, batch_size=batch_size, verbose=verbose))
 
 
-def training_targets(probs: np.ndarray, soft: bool = True, temperature: float = 1.0,
-                     label_smoothing: float = 0.1) -> np.ndarray:
+def training_targets(
+    probs: np.ndarray, soft: bool = True, temperature: float = 1.0, label_smoothing: float = 0.1
+) -> np.ndarray:
     """Turns stored teacher probabilities into the student's targets [N, C].
 
     Soft: probs ** (1/T), renormalised (T < 1 sharpens, T > 1 flattens).

@@ -23,10 +23,17 @@ def plot_filter_balance(manifest: dict, output_dir: str) -> list[str]:
     edges = np.asarray(hist["edges"])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", edgecolor="white")
-    ax.axvline(manifest["threshold"], color="red", linestyle="--",
-               label=f"threshold {manifest['threshold']}")
-    ax.set(xlabel="teacher confidence (max probability)", ylabel="records",
-           title=f"{manifest['in']:,} records in")
+    ax.axvline(
+        manifest["threshold"],
+        color="red",
+        linestyle="--",
+        label=f"threshold {manifest['threshold']}",
+    )
+    ax.set(
+        xlabel="teacher confidence (max probability)",
+        ylabel="records",
+        title=f"{manifest['in']:,} records in",
+    )
     ax.legend()
     names = [_save(fig, output_dir, "confidence_histogram.png")]
 
@@ -34,12 +41,18 @@ def plot_filter_balance(manifest: dict, output_dir: str) -> list[str]:
     order = np.argsort([-p["total"] for p in per_class], kind="stable")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     x = np.arange(len(per_class))
-    for field, label in (("total", "predicted (all)"), ("candidates", "above threshold"),
-                         ("copies", "after balancing")):
-        ax.plot(x, [per_class[i][field] for i in order], label=label,
-                drawstyle="steps-mid")
-    ax.set(xlabel="class (sorted by predicted count)", ylabel="images",
-           title=f"images per class, K={manifest['images_per_class'] or 'unbalanced'}")
+    for field, label in (
+        ("total", "predicted (all)"),
+        ("candidates", "above threshold"),
+        ("copies", "after balancing"),
+    ):
+        ax.plot(x, [per_class[i][field] for i in order], label=label, drawstyle="steps-mid")
+    ax.set(
+        xlabel="class (sorted by predicted count)",
+        ylabel="images",
+        title=f"images per class, K={manifest['images_per_class'] or 'unbalanced'}"
+        + (" (official rule)" if manifest.get("balance") == "official" else ""),
+    )
     ax.legend()
     names.append(_save(fig, output_dir, "images_per_class.png"))
     return names

@@ -1,8 +1,7 @@
 """EfficientNet B0-B7 and L2 with Noisy Student's noise (dropout, stochastic depth)."""
 
-from noisy_student_tf.models.efficientnet import BLOCKS
-from noisy_student_tf.models.efficientnet import VARIANTS
-from noisy_student_tf.models.efficientnet import build_efficientnet
+from noisy_student_tf.models.checkpoint import load_checkpoint
+from noisy_student_tf.models.efficientnet import BLOCKS, VARIANTS, build_efficientnet
 from noisy_student_tf.models.layers import StochasticDepth
 from noisy_student_tf.models.weights import load_keras_applications_weights
 
@@ -11,5 +10,6 @@ __all__ = [
     "VARIANTS",
     "StochasticDepth",
     "build_efficientnet",
+    "load_checkpoint",
     "load_keras_applications_weights",
 ]

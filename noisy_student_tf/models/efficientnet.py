@@ -147,16 +147,18 @@ def _block_specs(width, depth, small_image, divisor, final_survival_prob):
         filters_in = round_filters(stage.filters_in, width, divisor)
         filters_out = round_filters(stage.filters_out, width, divisor)
         for j in range(round_repeats(stage.repeats, depth)):
-            specs.append(BlockSpec(
-                name=f"block{stage_index + 1}{_block_suffix(j)}_",
-                kernel_size=stage.kernel_size,
-                filters_in=filters_in if j == 0 else filters_out,
-                filters_out=filters_out,
-                expand_ratio=stage.expand_ratio,
-                strides=strides if j == 0 else 1,
-                se_ratio=stage.se_ratio,
-                survival_prob=1.0 - drop_rate * len(specs) / num_blocks,
-            ))
+            specs.append(
+                BlockSpec(
+                    name=f"block{stage_index + 1}{_block_suffix(j)}_",
+                    kernel_size=stage.kernel_size,
+                    filters_in=filters_in if j == 0 else filters_out,
+                    filters_out=filters_out,
+                    expand_ratio=stage.expand_ratio,
+                    strides=strides if j == 0 else 1,
+                    se_ratio=stage.se_ratio,
+                    survival_prob=1.0 - drop_rate * len(specs) / num_blocks,
+                )
+            )
     return specs
 
 
@@ -164,9 +166,15 @@ def _conv(filters, kernel_size, name, strides=1, use_bias=False, **kwargs):
     # 'same' padding is the official TF padding; for static even/odd sizes it
     # equals keras.applications' explicit ZeroPadding2D + 'valid'.
     return keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same",
-        use_bias=use_bias, kernel_initializer=CONV_INITIALIZER, name=name,
-        **kwargs)
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=use_bias,
+        kernel_initializer=CONV_INITIALIZER,
+        name=name,
+        **kwargs,
+    )
 
 
 def _mbconv_block(x, spec, bn):
@@ -188,19 +196,21 @@ def _mbconv_block(x, spec, bn):
         x = bn(f"{name}expand_bn")(x)
         x = keras.layers.Activation("swish", name=f"{name}expand_activation")(x)
     x = keras.layers.DepthwiseConv2D(
-        spec.kernel_size, strides=spec.strides, padding="same", use_bias=False,
-        depthwise_initializer=CONV_INITIALIZER, name=f"{name}dwconv")(x)
+        spec.kernel_size,
+        strides=spec.strides,
+        padding="same",
+        use_bias=False,
+        depthwise_initializer=CONV_INITIALIZER,
+        name=f"{name}dwconv",
+    )(x)
     x = bn(f"{name}bn")(x)
     x = keras.layers.Activation("swish", name=f"{name}activation")(x)
 
     # Squeeze-excitation, reduced relative to the block's *input* filters.
     filters_se = max(1, int(spec.filters_in * spec.se_ratio))
-    se = keras.layers.GlobalAveragePooling2D(
-        keepdims=True, name=f"{name}se_squeeze")(x)
-    se = _conv(filters_se, 1, f"{name}se_reduce", use_bias=True,
-               activation="swish")(se)
-    se = _conv(filters, 1, f"{name}se_expand", use_bias=True,
-               activation="sigmoid")(se)
+    se = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}se_squeeze")(x)
+    se = _conv(filters_se, 1, f"{name}se_reduce", use_bias=True, activation="swish")(se)
+    se = _conv(filters, 1, f"{name}se_expand", use_bias=True, activation="sigmoid")(se)
     x = keras.layers.Multiply(name=f"{name}se_excite")([x, se])
 
     x = _conv(spec.filters_out, 1, f"{name}project_conv")(x)
@@ -214,30 +224,28 @@ def _mbconv_block(x, spec, bn):
 
 def _check_positive(name, value, types=(int, float)):
     if isinstance(value, bool) or not isinstance(value, types) or not value > 0:
-        kind = "int" if types == int else "number"
+        kind = "int" if types is int else "number"
         raise ValueError(f"{name} must be a positive {kind}, got {value!r}.")
 
 
-def _resolve(name, num_classes, input_shape, dropout_rate, final_survival_prob,
-             overrides):
+def _resolve(name, num_classes, input_shape, dropout_rate, final_survival_prob, overrides):
     """Merges the variant's defaults with the set arguments; validates all."""
     if name not in VARIANTS:
         raise ValueError(
-            f"Unknown EfficientNet variant {name!r}; valid names: "
-            f"{', '.join(VARIANTS)}.")
+            f"Unknown EfficientNet variant {name!r}; valid names: {', '.join(VARIANTS)}."
+        )
     unknown = sorted(set(overrides) - set(DEFAULT_OVERRIDES))
     if unknown:
         raise ValueError(
             f"Unknown override(s) {', '.join(map(repr, unknown))}; valid "
-            f"overrides: {', '.join(DEFAULT_OVERRIDES)}.")
+            f"overrides: {', '.join(DEFAULT_OVERRIDES)}."
+        )
     width, depth, resolution, default_dropout = VARIANTS[name]
     config = dict(DEFAULT_OVERRIDES)
     config.update({k: v for k, v in overrides.items() if v is not None})
     if config["resolution"] is None:
-        config["resolution"] = (
-            SMALL_IMAGE_RESOLUTION if config["small_image"] else resolution)
-    for key, default in (("width_coefficient", width),
-                         ("depth_coefficient", depth)):
+        config["resolution"] = SMALL_IMAGE_RESOLUTION if config["small_image"] else resolution
+    for key, default in (("width_coefficient", width), ("depth_coefficient", depth)):
         if config[key] is None:
             config[key] = default
     for key in ("width_coefficient", "depth_coefficient", "batch_norm_epsilon"):
@@ -245,33 +253,33 @@ def _resolve(name, num_classes, input_shape, dropout_rate, final_survival_prob,
     for key in ("resolution", "depth_divisor"):
         _check_positive(key, config[key], int)
     if not 0.0 <= config["batch_norm_momentum"] < 1.0:
-        raise ValueError("batch_norm_momentum must be in [0, 1), got "
-                         f"{config['batch_norm_momentum']!r}.")
+        raise ValueError(
+            f"batch_norm_momentum must be in [0, 1), got {config['batch_norm_momentum']!r}."
+        )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
     if input_shape is None:
         input_shape = (config["resolution"], config["resolution"], 3)
     if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(
-            f"input_shape must be (height, width, 3), got {input_shape!r}.")
+        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}.")
     config["input_shape"] = tuple(input_shape)
-    config["dropout_rate"] = (
-        default_dropout if dropout_rate is None else dropout_rate)
+    config["dropout_rate"] = default_dropout if dropout_rate is None else dropout_rate
     if not 0.0 <= config["dropout_rate"] < 1.0:
-        raise ValueError(
-            f"dropout_rate must be in [0, 1), got {config['dropout_rate']!r}.")
+        raise ValueError(f"dropout_rate must be in [0, 1), got {config['dropout_rate']!r}.")
     config["final_survival_prob"] = (
-        DEFAULT_FINAL_SURVIVAL_PROB if final_survival_prob is None
-        else final_survival_prob)
+        DEFAULT_FINAL_SURVIVAL_PROB if final_survival_prob is None else final_survival_prob
+    )
     if not 0.0 < config["final_survival_prob"] <= 1.0:
         raise ValueError(
             "final_survival_prob must be in (0, 1] (1.0 disables stochastic "
-            f"depth), got {config['final_survival_prob']!r}.")
+            f"depth), got {config['final_survival_prob']!r}."
+        )
     return config
 
 
-def build_efficientnet(name, num_classes, input_shape=None, dropout_rate=None,
-                       final_survival_prob=None, **overrides):
+def build_efficientnet(
+    name, num_classes, input_shape=None, dropout_rate=None, final_survival_prob=None, **overrides
+):
     """Builds an EfficientNet that maps pixels to logits.
 
     Args:
@@ -298,14 +306,13 @@ def build_efficientnet(name, num_classes, input_shape=None, dropout_rate=None,
     Raises:
         ValueError: unknown variant or override, or an out-of-range value.
     """
-    cfg = _resolve(name, num_classes, input_shape, dropout_rate,
-                   final_survival_prob, overrides)
+    cfg = _resolve(name, num_classes, input_shape, dropout_rate, final_survival_prob, overrides)
     width, divisor = cfg["width_coefficient"], cfg["depth_divisor"]
 
     def bn(layer_name):
         return keras.layers.BatchNormalization(
-            momentum=cfg["batch_norm_momentum"],
-            epsilon=cfg["batch_norm_epsilon"], name=layer_name)
+            momentum=cfg["batch_norm_momentum"], epsilon=cfg["batch_norm_epsilon"], name=layer_name
+        )
 
     inputs = keras.Input(shape=cfg["input_shape"], name="images")
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescaling")(inputs)
@@ -314,13 +321,12 @@ def build_efficientnet(name, num_classes, input_shape=None, dropout_rate=None,
     normalization = keras.layers.Normalization(axis=-1, name="normalization")
     x = normalization(x)
 
-    x = _conv(round_filters(STEM_FILTERS, width, divisor), 3, "stem_conv",
-              strides=2)(x)
+    x = _conv(round_filters(STEM_FILTERS, width, divisor), 3, "stem_conv", strides=2)(x)
     x = bn("stem_bn")(x)
     x = keras.layers.Activation("swish", name="stem_activation")(x)
-    for spec in _block_specs(width, cfg["depth_coefficient"],
-                             cfg["small_image"], divisor,
-                             cfg["final_survival_prob"]):
+    for spec in _block_specs(
+        width, cfg["depth_coefficient"], cfg["small_image"], divisor, cfg["final_survival_prob"]
+    ):
         x = _mbconv_block(x, spec, bn)
     x = _conv(round_filters(HEAD_FILTERS, width, divisor), 1, "top_conv")(x)
     x = bn("top_bn")(x)
@@ -330,11 +336,10 @@ def build_efficientnet(name, num_classes, input_shape=None, dropout_rate=None,
         x = keras.layers.Dropout(cfg["dropout_rate"], name="top_dropout")(x)
     # float32 logits also under a mixed-precision policy.
     logits = keras.layers.Dense(
-        num_classes, kernel_initializer=DENSE_INITIALIZER, dtype="float32",
-        name="predictions")(x)
+        num_classes, kernel_initializer=DENSE_INITIALIZER, dtype="float32", name="predictions"
+    )(x)
     model = keras.Model(inputs, logits, name=name)
-    set_normalization(normalization, IMAGENET_MEAN_RGB,
-                      [s * s for s in IMAGENET_STDDEV_RGB])
+    set_normalization(normalization, IMAGENET_MEAN_RGB, [s * s for s in IMAGENET_STDDEV_RGB])
     return model
 
 
@@ -344,9 +349,11 @@ def set_normalization(layer, mean, variance):
     Normalization snapshots its variables into tensors; `finalize_state` makes
     it use the new values (plain `set_weights` would not).
     """
-    layer.set_weights([
-        keras.ops.convert_to_numpy(keras.ops.cast(mean, "float32")),
-        keras.ops.convert_to_numpy(keras.ops.cast(variance, "float32")),
-        keras.ops.convert_to_numpy(layer.count),
-    ])
+    layer.set_weights(
+        [
+            keras.ops.convert_to_numpy(keras.ops.cast(mean, "float32")),
+            keras.ops.convert_to_numpy(keras.ops.cast(variance, "float32")),
+            keras.ops.convert_to_numpy(layer.count),
+        ]
+    )
     layer.finalize_state()

@@ -34,9 +34,7 @@ class StochasticDepth(keras.layers.Layer):
     def __init__(self, survival_prob, seed=None, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 < survival_prob <= 1.0:
-            raise ValueError(
-                f"survival_prob must be in (0, 1], got {survival_prob!r}."
-            )
+            raise ValueError(f"survival_prob must be in (0, 1], got {survival_prob!r}.")
         self.survival_prob = float(survival_prob)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -46,9 +44,7 @@ class StochasticDepth(keras.layers.Layer):
             return inputs
         batch = keras.ops.shape(inputs)[0]
         noise_shape = (batch,) + (1,) * (len(inputs.shape) - 1)
-        uniform = keras.random.uniform(
-            noise_shape, seed=self.seed_generator, dtype=inputs.dtype
-        )
+        uniform = keras.random.uniform(noise_shape, seed=self.seed_generator, dtype=inputs.dtype)
         # floor(p + U[0, 1)) is 1 with probability p and 0 otherwise.
         keep = keras.ops.floor(self.survival_prob + uniform)
         return inputs / self.survival_prob * keep

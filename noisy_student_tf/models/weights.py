@@ -23,11 +23,13 @@ import keras
 import numpy as np
 
 from noisy_student_tf.models import efficientnet as en
+from noisy_student_tf.models.checkpoint import load_checkpoint
 
 # keras.applications constructor per variant.
 KERAS_BUILDERS = {
     name: getattr(keras.applications, "EfficientNetB" + name[-1])
-    for name in en.VARIANTS if name[-2] == "b"
+    for name in en.VARIANTS
+    if name[-2] == "b"
 }
 CLASSIFIER = "predictions"
 
@@ -35,8 +37,11 @@ CLASSIFIER = "predictions"
 def _signature(width, depth, divisor=8):
     """(stem filters, head filters, number of blocks) of a width/depth pair."""
     blocks = sum(en.round_repeats(s.repeats, depth) for s in en.BLOCKS)
-    return (en.round_filters(en.STEM_FILTERS, width, divisor),
-            en.round_filters(en.HEAD_FILTERS, width, divisor), blocks)
+    return (
+        en.round_filters(en.STEM_FILTERS, width, divisor),
+        en.round_filters(en.HEAD_FILTERS, width, divisor),
+        blocks,
+    )
 
 
 def _model_signature(model):
@@ -45,24 +50,24 @@ def _model_signature(model):
         head = model.get_layer("top_conv").kernel.shape[-1]
     except ValueError as error:
         raise ValueError(
-            f"Model {model.name!r} lacks EfficientNet layer names "
-            "(stem_conv, top_conv).") from error
-    blocks = sum(1 for layer in model.layers
-                 if layer.name.endswith("_project_conv"))
+            f"Model {model.name!r} lacks EfficientNet layer names (stem_conv, top_conv)."
+        ) from error
+    blocks = sum(1 for layer in model.layers if layer.name.endswith("_project_conv"))
     return (stem, head, blocks)
 
 
 def keras_variant_of(model):
     """Name of the B0-B7 variant whose layer structure `model` has."""
     signature = _model_signature(model)
-    for name, builder in KERAS_BUILDERS.items():
+    for name in KERAS_BUILDERS:
         width, depth = en.VARIANTS[name][:2]
         if _signature(width, depth) == signature:
             return name
     raise ValueError(
         f"Model {model.name!r} (stem, head filters and blocks {signature}) "
         f"matches none of the keras.applications variants "
-        f"{', '.join(KERAS_BUILDERS)}.")
+        f"{', '.join(KERAS_BUILDERS)}."
+    )
 
 
 def _find_normalization(model):
@@ -84,8 +89,7 @@ def _effective_statistics(model, stddev_stored_as_variance):
     if scale is not None:
         # (x - m) / sqrt(v) * s == (x - m) / sqrt(v / s**2).
         variance = variance / np.square(scale)
-    elif stddev_stored_as_variance and np.allclose(
-            variance, en.IMAGENET_STDDEV_RGB, atol=1e-6):
+    elif stddev_stored_as_variance and np.allclose(variance, en.IMAGENET_STDDEV_RGB, atol=1e-6):
         variance = np.square(variance)
     return mean, variance
 
@@ -98,11 +102,18 @@ def _file_head(path):
     kernels = []
     with h5py.File(path, "r") as f:
         root = f["model_weights"] if "model_weights" in f else f
-        root.visititems(lambda _, obj: kernels.append(obj.shape) if (
-            isinstance(obj, h5py.Dataset) and len(obj.shape) == 2) else None)
+        root.visititems(
+            lambda _, obj: (
+                kernels.append(obj.shape)
+                if (isinstance(obj, h5py.Dataset) and len(obj.shape) == 2)
+                else None
+            )
+        )
     if len(kernels) > 1:
-        raise ValueError(f"{path} holds {len(kernels)} dense kernels; an "
-                         "EfficientNet weights file has at most one.")
+        raise ValueError(
+            f"{path} holds {len(kernels)} dense kernels; an "
+            "EfficientNet weights file has at most one."
+        )
     return (True, kernels[0][1]) if kernels else (False, None)
 
 
@@ -114,11 +125,15 @@ def _source_model(model, source):
     if not os.path.exists(path):
         raise ValueError(f"Weights file {path!r} does not exist.")
     if path.endswith(".keras"):
-        return keras.models.load_model(path), True
+        return load_checkpoint(path), True
     has_top, classes = _file_head(path)
     source_model = KERAS_BUILDERS[keras_variant_of(model)](
-        include_top=has_top, weights=None, classes=classes or 1000,
-        classifier_activation=None, input_shape=(32, 32, 3))
+        include_top=has_top,
+        weights=None,
+        classes=classes or 1000,
+        classifier_activation=None,
+        input_shape=(32, 32, 3),
+    )
     source_model.load_weights(path)
     return source_model, True
 
@@ -148,31 +163,40 @@ def load_keras_applications_weights(model, source, include_top=True):
             continue
         if layer.name == CLASSIFIER and not include_top:
             continue
-        hint = (" Pass include_top=False to keep the project's classifier."
-                if layer.name == CLASSIFIER else "")
+        hint = (
+            " Pass include_top=False to keep the project's classifier."
+            if layer.name == CLASSIFIER
+            else ""
+        )
         try:
             src = source_model.get_layer(layer.name)
         except ValueError as error:
-            raise ValueError(f"Source {source_model.name!r} has no layer "
-                             f"{layer.name!r}.{hint}") from error
+            raise ValueError(
+                f"Source {source_model.name!r} has no layer {layer.name!r}.{hint}"
+            ) from error
         values = src.get_weights()
         shapes = [tuple(w.shape) for w in layer.weights]
         if [tuple(v.shape) for v in values] != shapes:
             raise ValueError(
                 f"Layer {layer.name!r}: source weight shapes "
-                f"{[tuple(v.shape) for v in values]} != model's {shapes}.{hint}")
+                f"{[tuple(v.shape) for v in values]} != model's {shapes}.{hint}"
+            )
         pairs.append((layer, values))
     names = {layer.name for layer, _ in pairs}
     extra = sorted(
-        layer.name for layer in source_model.layers
-        if layer.weights and layer.name not in names
+        layer.name
+        for layer in source_model.layers
+        if layer.weights
+        and layer.name not in names
         and not isinstance(layer, keras.layers.Normalization)
-        and (include_top or layer.name != CLASSIFIER))
+        and (include_top or layer.name != CLASSIFIER)
+    )
     if extra:
         raise ValueError(
             f"Source {source_model.name!r} has weighted layers the model lacks "
             f"({', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''}); "
-            f"the model is {keras_variant_of(model)}; nothing was copied.")
+            f"the model is {keras_variant_of(model)}; nothing was copied."
+        )
     # Validated in full before anything is written: no half-loaded models.
     for layer, values in pairs:
         layer.set_weights(values)

@@ -19,15 +19,22 @@ One step (Xie et al. 2019, section 2; official main.py `model_fn`):
 * With no unlabeled keys in the batch this is plain supervised training with
   noise, which is how the first teacher is trained.
 
-The optimizer's `use_ema` keeps an exponential moving average of the
-weights; `fit()` swaps it into the student at the end, so the evaluated
-model and the next teacher are the averaged weights (official: EMA 0.9999).
+After each applied step a moving average of the student's weights and
+batch-norm statistics is updated (ema.py, as the official code keeps it);
+`fit()` copies it into the student at the end, so the evaluated model and
+the next teacher are the averaged ones. A step whose loss or gradients are
+not finite is skipped on every path, XLA included, counted as
+`nonfinite_steps`, and ends `fit()` with an error (nonfinite.py).
 """
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import tensorflow as tf
+
+from noisy_student_tf.training import ema, nonfinite
 
 
 def _cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -41,8 +48,9 @@ def smooth(one_hot: tf.Tensor, label_smoothing: float) -> tf.Tensor:
     return one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
 
 
-def teacher_targets(teacher_logits: tf.Tensor, temperature: float | None,
-                    label_smoothing: float) -> tf.Tensor:
+def teacher_targets(
+    teacher_logits: tf.Tensor, temperature: float | None, label_smoothing: float
+) -> tf.Tensor:
     """Pseudo labels from teacher logits: soft at `temperature`, or hard if None."""
     if temperature is None:
         num_classes = tf.shape(teacher_logits)[-1]
@@ -51,12 +59,20 @@ def teacher_targets(teacher_logits: tf.Tensor, temperature: float | None,
     return tf.nn.softmax(teacher_logits / temperature)
 
 
-def _is_batch_norm_variable(layer_names: set, variable) -> bool:
-    return any(part in layer_names for part in variable.path.split("/"))
+def _as_batch(data) -> dict:
+    """The batch dict from fit()'s dict, train_on_batch's tuple or (images, labels)."""
+    if isinstance(data, (tuple, list)):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(tuple(data))
+        data = x if isinstance(x, dict) else {"images": x, "labels": y}
+    return data
 
 
 class NoisyStudent(keras.Model):
     """Trains `student` on labeled + pseudo-labeled batches (see module doc).
+
+    Any student works: functional with any input name, or subclassed. The
+    wrapper is called with the batch dict and hands only `images` on, and an
+    unbuilt student is built from that key's shape on the first batch.
 
     Args:
       student: a keras.Model mapping uint8/float pixels [B, H, W, 3] to logits.
@@ -68,17 +84,33 @@ class NoisyStudent(keras.Model):
       teacher: for online pseudo labels; called with training=False on the
         un-augmented batch. Frozen (trainable=False). None for offline mode.
       temperature: softmax temperature for online soft labels; None = hard.
+      ema_decay: decay of the moving average of the student's weights and
+        batch-norm statistics (ramped, see ema.py; official 0.9999); 0 turns
+        it off and `fit()` leaves the raw weights. Use it instead of the
+        optimizer's `use_ema`.
     """
 
-    def __init__(self, student: keras.Model, num_classes: int, unlabeled_ratio: float = 1.0,
-                 label_smoothing: float = 0.1, weight_decay: float = 1e-5,
-                 teacher: keras.Model | None = None, temperature: float | None = 1.0,
-                 **kwargs):
+    def __init__(
+        self,
+        student: keras.Model,
+        num_classes: int,
+        unlabeled_ratio: float = 1.0,
+        label_smoothing: float = 0.1,
+        weight_decay: float = 1e-5,
+        teacher: keras.Model | None = None,
+        temperature: float | None = 1.0,
+        ema_decay: float = ema.OFFICIAL_DECAY,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if teacher is not None and unlabeled_ratio < 1:
             raise ValueError(f"unlabeled_ratio must be >= 1 with a teacher, got {unlabeled_ratio}")
         if temperature is not None and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (or None for hard labels), got {temperature}")
+            raise ValueError(
+                f"temperature must be > 0 (or None for hard labels), got {temperature}"
+            )
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = no average), got {ema_decay}")
         self.student = student
         self.teacher = teacher
         if teacher is not None:
@@ -88,22 +120,59 @@ class NoisyStudent(keras.Model):
         self.label_smoothing = float(label_smoothing)
         self.weight_decay = float(weight_decay)
         self.temperature = temperature
+        self.ema_decay = float(ema_decay)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.labeled_loss_tracker = keras.metrics.Mean(name="labeled_loss")
         self.unlabeled_loss_tracker = keras.metrics.Mean(name="unlabeled_loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        bn_names = {layer.name for layer in student._flatten_layers()
-                    if isinstance(layer, keras.layers.BatchNormalization)}
-        self._decayed = [v for v in student.trainable_variables
-                         if not _is_batch_norm_variable(bn_names, v)]
+        self.nonfinite_tracker = nonfinite.StepCounter(name="nonfinite_steps")
+        self.average = None
+        if student.built:
+            # Create the average here, under the caller's strategy scope.
+            self._build_from_student()
+            self.built = True
+
+    def build(self, input_shape):
+        """Builds an unbuilt student from the `images` shape, then the average."""
+        if not self.student.built:
+            shape = input_shape["images"] if isinstance(input_shape, dict) else input_shape
+            self.student(keras.KerasTensor(tuple(shape)))
+        self._build_from_student()
+
+    def _build_from_student(self):
+        bn_stats = ema.batch_norm_statistics(self.student)
+        bn_weights = {
+            id(v)
+            for layer in self.student._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for v in layer.weights
+        }
+        self._decayed = [v for v in self.student.trainable_variables if id(v) not in bn_weights]
+        # Restored when a step is skipped: the forward pass has already
+        # moved them by the time the loss is known.
+        self._bn_stats = bn_stats
+        if self.ema_decay > 0:
+            # Eagerly, so the shadows start from the student's values even
+            # when the first trace of train_step builds the student.
+            with tf.init_scope():
+                self.average = ema.MovingAverage(
+                    self.ema_decay, self.student.trainable_variables + bn_stats, name="average"
+                )
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.labeled_loss_tracker,
-                self.unlabeled_loss_tracker, self.accuracy]
+        return [
+            self.loss_tracker,
+            self.labeled_loss_tracker,
+            self.unlabeled_loss_tracker,
+            self.accuracy,
+            self.nonfinite_tracker,
+        ]
 
-    def call(self, images, training=False):
-        return self.student(images, training=training)
+    def call(self, inputs, training=False):
+        if isinstance(inputs, dict):  # fit() builds the wrapper from the whole batch
+            inputs = inputs["images"]
+        return self.student(inputs, training=training)
 
     def compute_losses(self, data: dict, training: bool = True):
         """Returns (total, labeled, unlabeled, labeled logits) for one batch."""
@@ -117,40 +186,68 @@ class NoisyStudent(keras.Model):
                 targets = data["unlabeled_targets"]
             else:
                 if self.teacher is None:
-                    raise ValueError("the batch has no 'unlabeled_targets' and the model "
-                                     "has no teacher to compute them")
+                    raise ValueError(
+                        "the batch has no 'unlabeled_targets' and the model "
+                        "has no teacher to compute them"
+                    )
                 teacher_logits = tf.stop_gradient(
-                    self.teacher(data["unlabeled_teacher_images"], training=False))
-                targets = teacher_targets(teacher_logits, self.temperature,
-                                          self.label_smoothing)
-            logits = self.student(tf.concat([images, data["unlabeled_images"]], 0),
-                                  training=training)
+                    self.teacher(data["unlabeled_teacher_images"], training=False)
+                )
+                targets = teacher_targets(teacher_logits, self.temperature, self.label_smoothing)
+            logits = self.student(
+                tf.concat([images, data["unlabeled_images"]], 0), training=training
+            )
             lab_logits, unl_logits = logits[:batch], logits[batch:]
             unl_loss = _cross_entropy(tf.cast(targets, unl_logits.dtype), unl_logits)
         one_hot = tf.one_hot(labels, self.num_classes, dtype=lab_logits.dtype)
         lab_loss = _cross_entropy(smooth(one_hot, self.label_smoothing), lab_logits)
         total = lab_loss + self.unlabeled_ratio * unl_loss
-        if self.weight_decay:
+        if self.weight_decay and self._decayed:
             total += self.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in self._decayed])
         return total, lab_loss, unl_loss, lab_logits
 
+    def _build_on_first_trace(self, data: dict, optimizer: bool) -> None:
+        # Without a strategy scope Keras builds nothing before tracing the
+        # step, and the optimizer must have its slots before the tf.cond.
+        if not self.built:
+            self.build(data["images"].shape)
+        if optimizer and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
     def train_step(self, data):
+        data = _as_batch(data)
+        self._build_on_first_trace(data, optimizer=True)
+        saved_stats = [tf.identity(v.value) for v in self._bn_stats]
         with tf.GradientTape() as tape:
             total, lab_loss, unl_loss, lab_logits = self.compute_losses(data, training=True)
-            # Stop before a non-finite loss reaches the weights and their EMA.
-            total = tf.debugging.check_numerics(total, "Noisy Student loss is not finite")
             # Gradients are summed across replicas; scale so they average.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(total / replicas)
-        # The wrapper's own list and order: fit() maps the EMA back onto
-        # `self.trainable_weights` by position. The frozen teacher has none.
+        # The list the optimizer was built with; the frozen teacher has none.
         variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        grads = tape.gradient(scaled, variables)
+        # Under mixed precision the loss-scale optimizer owns overflowing
+        # gradients (it skips the step and lowers the scale); the loss is ours.
+        scaled_grads = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        finite = nonfinite.all_replicas_finite(total, [] if scaled_grads else grads)
+        nonfinite.apply_if_finite(
+            finite, self._apply, (grads, variables), self._restore, (saved_stats,)
+        )
+        self.nonfinite_tracker.update_state(tf.logical_not(finite))
         return self._update_metrics(total, lab_loss, unl_loss, data["labels"], lab_logits)
 
+    def _apply(self, grads, variables):
+        self.optimizer.apply(grads, variables)
+        if self.average is not None:
+            self.average.update(self.optimizer.iterations)
+
+    def _restore(self, saved_stats):
+        for variable, value in zip(self._bn_stats, saved_stats):
+            variable.assign(value)
+
     def test_step(self, data):
-        if isinstance(data, (tuple, list)):
-            data = {"images": data[0], "labels": data[1]}
+        data = _as_batch(data)
+        self._build_on_first_trace(data, optimizer=False)
         total, lab_loss, unl_loss, lab_logits = self.compute_losses(data, training=False)
         return self._update_metrics(total, lab_loss, unl_loss, data["labels"], lab_logits)
 
@@ -160,3 +257,32 @@ class NoisyStudent(keras.Model):
         self.unlabeled_loss_tracker.update_state(unl_loss)
         self.accuracy.update_state(labels, lab_logits)
         return {m.name: m.result() for m in self.metrics}
+
+    def fit(self, *args, **kwargs):
+        """keras.Model.fit, plus: stops on a non-finite step, ends holding the average.
+
+        A `StopOnNonFiniteLoss` is added to the callbacks unless one is
+        there. When training completes the student's weights and batch-norm
+        statistics are overwritten by their moving averages, so the model
+        that is evaluated, saved and used as the next teacher is the
+        averaged one; `self.average.shadows` keep the averages either way.
+        """
+        bound = inspect.signature(super().fit).bind(*args, **kwargs)
+        callbacks = bound.arguments.get("callbacks")
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks = list(callbacks or [])
+            if not any(isinstance(c, nonfinite.StopOnNonFiniteLoss) for c in callbacks):
+                callbacks.append(nonfinite.StopOnNonFiniteLoss())
+            bound.arguments["callbacks"] = callbacks
+        # Build before the callbacks start (BackupAndRestore loads the
+        # shadows and slots in on_train_begin), under the model's strategy.
+        spec = getattr(bound.arguments.get("x"), "element_spec", None)
+        with self.distribute_strategy.scope():
+            if not self.built and isinstance(spec, dict) and "images" in spec:
+                self.build(spec["images"].shape)
+            if self.built and self.optimizer is not None and not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+        history = super().fit(*bound.args, **bound.kwargs)
+        if self.average is not None:
+            self.average.copy_to_variables(self.distribute_strategy)
+        return history

@@ -1,14 +1,22 @@
 """Optimizers and learning-rate schedules named in the configs.
 
-Official EfficientNet / Noisy Student recipe (official utils.py, main.py):
-RMSProp (decay 0.9, momentum 0.9, epsilon 1e-3), base LR 0.016 per 256
-images scaled linearly with the global batch, 5 warm-up epochs, then x0.97
-every 2.4 epochs, and an exponential moving average of the weights (0.9999).
+Official EfficientNet / Noisy Student recipe (google-research/noisystudent
+main.py and utils.py): RMSProp (decay 0.9, momentum 0.9, epsilon 1e-3), base
+LR 0.016 per 256 labeled images scaled linearly with the global batch, 5
+warm-up epochs, then x0.97 every 2.4 epochs (2.4 x `train_ratio`, i.e. 4.8
+for the 700-epoch runs), counted in epochs of N / B steps as a float.
+Alternatively the official `final_base_lr` fixes where the decay ends and
+derives the decay period from it (`decay_epochs_for_final_lr`).
+
 Keras's RMSprop adds epsilon outside the square root where TF1 added it
 inside, and TF1 started the second-moment estimate at 1 where Keras starts at
 0, so Keras's first updates are larger; warm-up absorbs most of that.
 Short CPU runs use a cosine schedule instead: 0.97 per 2.4 epochs barely
 decays in the few epochs they train.
+
+The moving average of the weights is not the optimizer's (`use_ema` stays
+off): `NoisyStudent(ema_decay=...)` keeps it as the official code did,
+ramped and including the batch-norm statistics (ema.py).
 """
 
 from __future__ import annotations
@@ -17,25 +25,57 @@ import math
 
 import keras
 
+from noisy_student_tf.cli import ConfigError
+
 OPTIMIZERS = ("rmsprop", "sgd", "adam")
 SCHEDULES = ("exponential", "cosine", "constant")
 
+# official utils.build_learning_rate defaults, main.py: decay_epochs = 2.4 * train_ratio
+DECAY_RATE = 0.97
+DECAY_EPOCHS = 2.4
+# official main.py: warmup_epochs=5 in the build_learning_rate call
+WARMUP_EPOCHS = 5.0
+
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak`, then `schedule`: exponential (official) or cosine."""
+    """Linear warm-up to `peak`, then `schedule`: exponential (official) or cosine.
 
-    def __init__(self, peak: float, steps_per_epoch: int, total_steps: int,
-                 warmup_epochs: float = 5.0, schedule: str = "exponential",
-                 decay_rate: float = 0.97, decay_epochs: float = 2.4):
+    Args:
+      peak: the learning rate after warm-up.
+      steps_per_epoch: steps in one epoch; may be fractional (official: the
+        float N / B), since it only places the epoch boundaries.
+      total_steps: steps of the whole run; where cosine reaches 0.
+      warmup_epochs: linear ramp from 0 over int(warmup_epochs *
+        steps_per_epoch) steps (official rounding).
+      schedule: "exponential", "cosine" or "constant".
+      decay_rate: exponential only; factor per `decay_epochs`.
+      decay_epochs: exponential only; staircase period in epochs.
+    """
+
+    def __init__(
+        self,
+        peak: float,
+        steps_per_epoch: float,
+        total_steps: int,
+        warmup_epochs: float = WARMUP_EPOCHS,
+        schedule: str = "exponential",
+        decay_rate: float = DECAY_RATE,
+        decay_epochs: float = DECAY_EPOCHS,
+    ):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+        if steps_per_epoch <= 0:
+            raise ValueError(f"steps_per_epoch must be > 0, got {steps_per_epoch}")
         self.peak = float(peak)
-        self.steps_per_epoch = int(steps_per_epoch)
+        self.steps_per_epoch = float(steps_per_epoch)
         self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_epochs * steps_per_epoch)
+        self.warmup_epochs = float(warmup_epochs)
         self.schedule = schedule
         self.decay_rate = float(decay_rate)
-        self.decay_steps = max(int(decay_epochs * steps_per_epoch), 1)
+        self.decay_epochs = float(decay_epochs)
+        self.warmup_steps = int(self.warmup_epochs * self.steps_per_epoch)
+        # A float, as tf.train.exponential_decay received it (official utils.py).
+        self.decay_steps = max(self.decay_epochs * self.steps_per_epoch, 1.0)
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")
@@ -54,32 +94,110 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return keras.ops.where(step < self.warmup_steps, warm, decayed)
 
     def get_config(self):
-        return {"peak": self.peak, "steps_per_epoch": self.steps_per_epoch,
-                "total_steps": self.total_steps,
-                "warmup_epochs": self.warmup_steps / max(self.steps_per_epoch, 1),
-                "schedule": self.schedule, "decay_rate": self.decay_rate,
-                "decay_epochs": self.decay_steps / max(self.steps_per_epoch, 1)}
+        return {
+            "peak": self.peak,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "warmup_epochs": self.warmup_epochs,
+            "schedule": self.schedule,
+            "decay_rate": self.decay_rate,
+            "decay_epochs": self.decay_epochs,
+        }
 
 
-def build_optimizer(train_config, global_batch_size: int, steps_per_epoch: int,
-                    epochs: int) -> keras.optimizers.Optimizer:
-    """The optimizer a config's `train` block describes, with EMA of the weights.
+def decay_epochs_for_final_lr(
+    learning_rate: float,
+    final_learning_rate: float,
+    epochs: float,
+    decay_rate: float = DECAY_RATE,
+    warmup_epochs: float = WARMUP_EPOCHS,
+) -> float:
+    """The decay period that takes `learning_rate` to `final_learning_rate`.
+
+    Official main.py (`--final_base_lr`, used by the SVHN scripts with
+    0.0002): the epochs after warm-up are divided into log(final / base) /
+    log(decay_rate) equal periods. As there, the staircase still counts from
+    step 0, warm-up included, so the run ends about warmup_epochs /
+    decay_epochs periods below the final rate. Both rates are per 256
+    images; only their ratio matters.
+    """
+    decays = math.log(final_learning_rate / learning_rate) / math.log(decay_rate)
+    return (epochs - warmup_epochs) / decays
+
+
+def build_optimizer(
+    train_config,
+    global_batch_size: int,
+    steps_per_epoch: float,
+    epochs: int,
+    total_steps: int | None = None,
+) -> keras.optimizers.Optimizer:
+    """The optimizer a config's `train` block describes (no moving average).
 
     The peak LR is `train.learning_rate * global_batch_size / 256` (linear
     scaling rule of the official code), where global_batch_size counts the
     labeled images of a step, as the official code does.
+
+    Keys read from `train_config` (defaults keep older configs working):
+      optimizer, learning_rate, schedule, warmup_epochs;
+      decay_rate (0.97), decay_epochs (2.4): exponential staircase;
+      final_learning_rate (0 = off): per 256 images like learning_rate; when
+        set, decay_epochs is derived from it (`decay_epochs_for_final_lr`).
+    `train.ema_decay` is NoisyStudent's, not read here.
+
+    Args:
+      train_config: the config's `train` block (ConfigDict or dict).
+      global_batch_size: labeled images per step, all replicas together.
+      steps_per_epoch: where the epoch boundaries of the schedule fall; the
+        official value is the float N / B, not its ceiling.
+      epochs: epochs of the run.
+      total_steps: steps the run really takes (cosine reaches 0 there);
+        defaults to round(steps_per_epoch * epochs).
+
+    Raises:
+      ConfigError: an unknown optimizer or schedule, or a decay setting out
+        of range; the message names the `train.` key.
     """
-    name = train_config.optimizer
+    name = train_config["optimizer"]
     if name not in OPTIMIZERS:
-        raise ValueError(f"train.optimizer={name!r} is not one of {OPTIMIZERS}")
+        raise ConfigError(f"train.optimizer={name!r} is not one of {OPTIMIZERS}")
+    schedule = train_config["schedule"]
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule={schedule!r} is not one of {SCHEDULES}")
+    learning_rate = train_config["learning_rate"]
+    warmup_epochs = train_config.get("warmup_epochs", WARMUP_EPOCHS)
+    decay_rate = train_config.get("decay_rate", DECAY_RATE)
+    decay_epochs = train_config.get("decay_epochs", DECAY_EPOCHS)
+    final = train_config.get("final_learning_rate", 0.0) or 0.0
+    if not 0.0 < decay_rate <= 1.0:
+        raise ConfigError(f"train.decay_rate must be in (0, 1], got {decay_rate}")
+    if decay_epochs <= 0:
+        raise ConfigError(f"train.decay_epochs must be > 0, got {decay_epochs}")
+    if final:
+        if not 0.0 < final < learning_rate:
+            raise ConfigError(
+                f"train.final_learning_rate must be in (0, train.learning_rate="
+                f"{learning_rate}), got {final} (0 turns it off)"
+            )
+        if not decay_rate < 1.0 or epochs <= warmup_epochs:
+            raise ConfigError(
+                f"train.final_learning_rate={final} needs train.decay_rate < 1 and more "
+                f"epochs ({epochs}) than train.warmup_epochs ({warmup_epochs})"
+            )
+        decay_epochs = decay_epochs_for_final_lr(
+            learning_rate, final, epochs, decay_rate, warmup_epochs
+        )
     lr = WarmupSchedule(
-        peak=train_config.learning_rate * global_batch_size / 256.0,
-        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * epochs,
-        warmup_epochs=train_config.warmup_epochs, schedule=train_config.schedule)
-    ema = dict(use_ema=train_config.ema_decay > 0,
-               ema_momentum=train_config.ema_decay or 0.99)
+        peak=learning_rate * global_batch_size / 256.0,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps if total_steps is not None else round(steps_per_epoch * epochs),
+        warmup_epochs=warmup_epochs,
+        schedule=schedule,
+        decay_rate=decay_rate,
+        decay_epochs=decay_epochs,
+    )
     if name == "rmsprop":
-        return keras.optimizers.RMSprop(lr, rho=0.9, momentum=0.9, epsilon=1e-3, **ema)
+        return keras.optimizers.RMSprop(lr, rho=0.9, momentum=0.9, epsilon=1e-3)
     if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **ema)
-    return keras.optimizers.Adam(lr, **ema)
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+    return keras.optimizers.Adam(lr)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from noisy_student_tf.cli import ConfigError
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
@@ -30,4 +32,4 @@ def get_strategy(name: str = "default", tpu_address: str = "") -> tf.distribute.
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"strategy={name!r} is not one of {STRATEGIES}")
+    raise ConfigError(f"strategy={name!r} is not one of {STRATEGIES}")

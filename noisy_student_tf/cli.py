@@ -1,0 +1,111 @@
+"""How every absl script in experiments/ and tools/ reports bad input.
+
+A wrong flag, config value or path is the user's to fix, so it gets one
+line on stderr naming the flag/key/file and what was expected, and exit
+status 2, never a traceback:
+
+  error: pseudo.threshold must be in [0, 1], got 1.5
+
+The library signals such input with `ConfigError` (a ValueError, so library
+callers can keep catching ValueError) or FileNotFoundError. Anything else is
+a bug or an environment fault and keeps its full traceback. Set
+NOISY_STUDENT_TRACEBACK=1 to see the traceback of a ConfigError too.
+
+Scripts call `run(main)` instead of `absl.app.run(main)`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+USAGE_EXIT_STATUS = 2  # the convention of argparse and most Unix tools
+
+
+class ConfigError(ValueError):
+    """A flag, config value or input file that the user must fix."""
+
+
+def fail(message: str) -> None:
+    """Prints `error: message` to stderr and exits with status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(USAGE_EXIT_STATUS)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        remaining = flags.FLAGS(argv)
+        _check_config_files()
+        return remaining
+    except flags.Error as e:
+        fail(str(e).strip().splitlines()[0])
+    # ml_collections config files raise plain exceptions from inside parsing.
+    except (ValueError, KeyError, AttributeError, TypeError, FileNotFoundError) as e:
+        if os.environ.get("NOISY_STUDENT_TRACEBACK"):
+            raise
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+
+
+_CONFIG_FLAGS = []  # names of the config-file flags defined through this module
+
+
+def _plain(error: BaseException) -> str:
+    """The innermost message of an exception, on one line."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    text = str(error.args[0]) if error.args else str(error)
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+def define_config_file(name: str, default: str, help_string: str):
+    """`config_flags.DEFINE_config_file` with bad overrides reported as one line.
+
+    ml_collections applies `--config.a.b=v` overrides while the flag is
+    defined (at import of the script), before `run` could catch anything, so
+    an unknown key or a wrongly typed value is caught here; a config file
+    that does not load is reported once the flags are parsed.
+    """
+    from ml_collections import config_flags
+
+    try:
+        holder = config_flags.DEFINE_config_file(name, default, help_string)
+    except (AttributeError, KeyError, ValueError, TypeError) as e:
+        if os.environ.get("NOISY_STUDENT_TRACEBACK"):
+            raise
+        detail = _plain(e)
+        key = detail.strip("'").split("'")[0]
+        overrides = [a for a in sys.argv[1:] if a.startswith(f"--{name}.")]
+        named = [a for a in overrides if key and f".{key}" in a.split("=")[0]] or overrides
+        if isinstance(e, (AttributeError, KeyError)):
+            detail = f"the config has no key {detail}"
+        fail(f"{', '.join(named) or '--' + name}: {detail}")
+    _CONFIG_FLAGS.append(name)
+    return holder
+
+
+def _check_config_files() -> None:
+    for name in _CONFIG_FLAGS:
+        try:
+            flags.FLAGS[name].value.keys()
+        except OSError as e:
+            if os.environ.get("NOISY_STUDENT_TRACEBACK"):
+                raise
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            fail(f"--{name}={flags.FLAGS[name].config_filename}: cannot load it ({lines[-1]})")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """absl.app.run(main) with user errors reported as one line and exit 2."""
+
+    def guarded(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except (ConfigError, FileNotFoundError) as e:
+            if os.environ.get("NOISY_STUDENT_TRACEBACK"):
+                raise
+            fail(str(e))
+
+    app.run(guarded, flags_parser=_parse_flags)
