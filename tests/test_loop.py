@@ -234,14 +234,15 @@ except ValueError as e:
 """
 
 
-def test_loop_under_two_replicas_rejects_an_odd_batch_before_training(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_BAD_BATCH, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+def _python(script, *args):
+    """Runs `script` in a fresh interpreter from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT, timeout=600
     )
+
+
+def test_loop_under_two_replicas_rejects_an_odd_batch_before_training(tmp_path):
+    proc = _python(_MIRRORED_BAD_BATCH, str(tmp_path))
     assert "REJECTED: train.batch_size=25 does not divide evenly" in proc.stdout, proc.stderr[
         -2000:
     ]
@@ -389,12 +390,6 @@ print("SAME_WEIGHTS", all(np.array_equal(a, b) for a, b in zip(*weights)))
 
 
 def test_deterministic_runs_with_one_seed_are_identical(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", _TWO_SEEDED_RUNS, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
+    proc = _python(_TWO_SEEDED_RUNS, str(tmp_path))
     assert "SAME_ROWS True" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "SAME_WEIGHTS True" in proc.stdout, proc.stdout[-2000:]

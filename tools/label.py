@@ -4,8 +4,8 @@ r"""Label source shards with a teacher: pseudo-labeled shards, one per input sha
       --teacher=/work/iteration_0_teacher.keras --topk=10 \
       --shard_index=$TASK_ID --num_shards=$NUM_TASKS --strategy=mirrored
 
-The teacher is a training-loop checkpoint (.keras) or an exported SavedModel
-folder. Each output shard is written to a temporary name and renamed when
+The teacher is a training-loop checkpoint (.keras), an exported SavedModel
+folder, or an official TF1 EfficientNet / Noisy Student checkpoint. Each output shard is written to a temporary name and renamed when
 complete, then its PATH.manifest.json (counts and labeling settings) is
 written; rerunning skips complete shards, so a killed job resumes without
 duplicated or missing records. A complete shard labeled with other settings
@@ -26,7 +26,13 @@ from noisy_student_tf.training.strategy import STRATEGIES, get_strategy
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "Glob or folder of source shards.", required=True)
 flags.DEFINE_string("output_dir", None, "Where labeled shards and manifests go.", required=True)
-flags.DEFINE_string("teacher", None, ".keras checkpoint or SavedModel folder.", required=True)
+flags.DEFINE_string(
+    "teacher",
+    None,
+    ".keras checkpoint, SavedModel folder, or official TF1 EfficientNet checkpoint "
+    "(prefix or folder).",
+    required=True,
+)
 flags.DEFINE_bool("soft", True, "Store the soft distribution (--nosoft: one-hot argmax).")
 flags.DEFINE_float("temperature", 1.0, "Soft labels are softmax(logits / temperature).")
 flags.DEFINE_integer("topk", 0, "Store the k most probable classes; 0 stores all.")

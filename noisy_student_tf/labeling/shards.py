@@ -41,6 +41,7 @@ from absl import logging
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.labeling.predict import softmax
+from noisy_student_tf.models import official_checkpoint
 from noisy_student_tf.models.checkpoint import load_checkpoint
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -65,11 +66,13 @@ class Teacher:
 
 
 def load_teacher(path: str) -> Teacher:
-    """Loads a `.keras` checkpoint (training loop) or an exported SavedModel dir.
+    """Loads a `.keras` checkpoint (training loop), an exported SavedModel dir
+    or an official TF1 EfficientNet checkpoint (prefix or folder).
 
     Call it inside `strategy.scope()` to place the variables on the replicas.
     """
-    if tf.io.gfile.isdir(path):
+    official = official_checkpoint.is_official_checkpoint(path)
+    if tf.io.gfile.isdir(path) and not official:
         if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
             raise FileNotFoundError(f"--teacher {path!r} is a folder without saved_model.pb")
         loaded = tf.saved_model.load(path)
@@ -88,10 +91,13 @@ def load_teacher(path: str) -> Teacher:
         teacher = Teacher(logits_fn, int(spec.shape[1]), f"SavedModel {path}")
         teacher.loaded = loaded  # keeps the variables alive
         return teacher
-    if not tf.io.gfile.exists(path):
+    if not official and not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"--teacher {path!r} does not exist")
-    if not path.endswith(".keras"):
-        raise ConfigError(f"--teacher {path!r} is neither a .keras file nor a SavedModel folder")
+    if not official and not path.endswith(".keras"):
+        raise ConfigError(
+            f"--teacher {path!r} is neither a .keras file, a SavedModel folder nor an "
+            "official TF1 checkpoint (a prefix with a .index file, or a folder with 'checkpoint')"
+        )
     model = load_checkpoint(path)
     return Teacher(
         lambda images: model(images, training=False),
@@ -108,7 +114,9 @@ def teacher_fingerprint(path: str) -> str:
     hashed: the index holds each tensor's checksum, so it changes with the
     weights without reading them.
     """
-    if tf.io.gfile.isdir(path):
+    if official_checkpoint.is_official_checkpoint(path):  # the index holds tensor checksums
+        parts = [official_checkpoint.checkpoint_prefix(path) + ".index"]
+    elif tf.io.gfile.isdir(path):
         parts = [
             os.path.join(path, "saved_model.pb"),
             os.path.join(path, "variables", "variables.index"),

@@ -3,6 +3,10 @@
 from noisy_student_tf.models.checkpoint import load_checkpoint
 from noisy_student_tf.models.efficientnet import BLOCKS, VARIANTS, build_efficientnet
 from noisy_student_tf.models.layers import StochasticDepth
+from noisy_student_tf.models.official_checkpoint import (
+    convert_official_checkpoint,
+    load_official_weights,
+)
 from noisy_student_tf.models.weights import load_keras_applications_weights
 
 __all__ = [
@@ -10,6 +14,8 @@ __all__ = [
     "VARIANTS",
     "StochasticDepth",
     "build_efficientnet",
+    "convert_official_checkpoint",
     "load_checkpoint",
     "load_keras_applications_weights",
+    "load_official_weights",
 ]

@@ -9,6 +9,10 @@ without importing the models package first failed with "Could not locate
 class 'StochasticDepth'", so every loader (labeling/shards.py,
 models/weights.py) goes through `load_checkpoint`, whose module imports the
 layers.
+
+The same entry point takes the official TF1 EfficientNet / Noisy Student
+checkpoints (`models/official_checkpoint.py`), so `tools/label.py --teacher`
+and the loop's `teacher_checkpoint` accept them without a conversion step.
 """
 
 from __future__ import annotations
@@ -19,30 +23,48 @@ import keras
 import tensorflow as tf
 
 from noisy_student_tf.cli import ConfigError
-from noisy_student_tf.models import layers  # noqa: F401 - registers StochasticDepth
+from noisy_student_tf.models import (
+    layers,  # noqa: F401 - registers StochasticDepth
+    official_checkpoint,
+)
 
 CHECKPOINT_SUFFIX = ".keras"
 
 
-def load_checkpoint(path: str | os.PathLike, compile: bool = False) -> keras.Model:
-    """Loads a `.keras` file written by the training loop (or any Keras 3 model).
+def load_checkpoint(
+    path: str | os.PathLike, compile: bool = False, image_size: int | None = None
+) -> keras.Model:
+    """Loads a `.keras` file or an official TF1 EfficientNet checkpoint.
 
     Args:
-      path: the `.keras` file, local or on any `tf.io.gfile` file system.
-      compile: restore the training configuration too. The tools only run
-        the model, so the default skips the optimizer (faster, and a
-        checkpoint whose optimizer cannot be rebuilt still loads).
+      path: a `.keras` file written by the training loop (or any Keras 3
+        model), local or on any `tf.io.gfile` file system; or an official
+        checkpoint: its prefix (`.../model.ckpt`, next to `model.ckpt.index`)
+        or a folder holding its `checkpoint` state file (the unpacked
+        `noisy_student_efficientnet-b0.tar.gz`). An official checkpoint is
+        converted with `official_checkpoint.convert_official_checkpoint`
+        (moving-average weights, ImageNet input statistics).
+      compile: restore the training configuration of a `.keras` file too. The
+        tools only run the model, so the default skips the optimizer (faster,
+        and a checkpoint whose optimizer cannot be rebuilt still loads).
+      image_size: input size to build an official checkpoint's model at; None
+        keeps the variant's default resolution. A `.keras` model keeps its
+        own input shape (callers compare `model.input_shape`).
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ConfigError: the path does not end in `.keras`.
+      ConfigError: the path is neither a `.keras` file nor an official
+        checkpoint, or the official checkpoint does not fit its variant.
     """
     path = os.fspath(path)
+    if official_checkpoint.is_official_checkpoint(path):
+        return official_checkpoint.convert_official_checkpoint(path, image_size=image_size)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"model checkpoint {path!r} does not exist")
     if not path.endswith(CHECKPOINT_SUFFIX):
         raise ConfigError(
-            f"model checkpoint {path!r} is not a {CHECKPOINT_SUFFIX} file "
-            "(the training loop writes iteration_<i>_<role>.keras)"
+            f"model checkpoint {path!r} is neither a {CHECKPOINT_SUFFIX} file (the training "
+            "loop writes iteration_<i>_<role>.keras) nor an official TF1 checkpoint (a prefix "
+            "with a .index file, or a folder holding a 'checkpoint' state file)"
         )
     return keras.models.load_model(path, compile=compile)

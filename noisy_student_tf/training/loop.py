@@ -102,24 +102,24 @@ def validate_config(config, num_replicas: int | None = None) -> None:
             raise ConfigError(f"{role}.randaugment_magnitude must be in [0, 30], got {magnitude}")
 
 
+def _is_saved_model(path: str) -> bool:
+    return tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+
+
 def load_teacher_checkpoint(path: str, image_size: int) -> keras.Model:
-    """`teacher_checkpoint`: a `.keras` file or an exported SavedModel folder.
+    """`teacher_checkpoint`: a `.keras` file, an exported SavedModel or an official checkpoint.
 
     Lets ablations share one teacher and a run start from a teacher trained
     elsewhere. A SavedModel (evaluation.export_saved_model's `serve`
     endpoint) is wrapped as a Keras model so it can label, be evaluated and
     act as an online teacher like a trained one.
     """
-    if tf.io.gfile.isdir(path):
-        if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-            raise FileNotFoundError(
-                f"teacher_checkpoint={path!r} is a folder without saved_model.pb"
-            )
+    if _is_saved_model(path):
         endpoint = keras.layers.TFSMLayer(path, call_endpoint="serve")
         inputs = keras.Input((image_size, image_size, 3), name="images")
         model = keras.Model(inputs, endpoint(inputs), name="saved_model_teacher")
-    else:
-        model = load_checkpoint(path)
+    else:  # a .keras file, or an official TF1 checkpoint built at the data's size
+        model = load_checkpoint(path, image_size=image_size)
     if tuple(model.input_shape[1:3]) != (image_size, image_size):
         raise ConfigError(
             f"teacher_checkpoint={path!r} takes {model.input_shape[1:3]} images but "
@@ -413,33 +413,23 @@ def run(
         if iteration == 0 and loaded is not None:
             print(f"== iteration 0: teacher loaded from {loaded_from}", flush=True)
             model = loaded
-        elif iteration == 0:
-            print(
-                f"== iteration 0: teacher {_describe(model_config)} on "
-                f"{len(data.labeled_labels)} labeled images",
-                flush=True,
-            )
-            model = train_one(
-                config,
-                strategy,
-                data,
-                model_config,
-                config.train.teacher_epochs,
-                seed=config.seed,
-                name=name,
-                log_dir=log_dir,
-            )
         else:
-            if len(selection.indices) == 0:
-                raise ConfigError(
-                    f"no unlabeled image reached pseudo.threshold={config.pseudo.threshold} "
-                    f"after iteration {iteration - 1}; lower the threshold or train the "
-                    f"teacher longer (train.teacher_epochs)"
+            unlabeled, epochs, on = None, config.train.teacher_epochs, ""
+            if iteration > 0:
+                if len(selection.indices) == 0:
+                    raise ConfigError(
+                        f"no unlabeled image reached pseudo.threshold={config.pseudo.threshold} "
+                        f"after iteration {iteration - 1}; lower the threshold or train the "
+                        f"teacher longer (train.teacher_epochs)"
+                    )
+                unlabeled = pseudo_labeled_stream(
+                    config, data, probs, selection, teacher_path, workdir, iteration
                 )
+                epochs = config.train.student_epochs
+                on = f" + {len(selection.indices)} pseudo-labeled"
             print(
-                f"== iteration {iteration}: student {_describe(model_config)} on "
-                f"{len(data.labeled_labels)} labeled + {len(selection.indices)} "
-                f"pseudo-labeled images",
+                f"== iteration {iteration}: {role} {_describe(model_config)} on "
+                f"{len(data.labeled_labels)} labeled{on} images",
                 flush=True,
             )
             model = train_one(
@@ -447,11 +437,9 @@ def run(
                 strategy,
                 data,
                 model_config,
-                config.train.student_epochs,
+                epochs,
                 seed=config.seed + iteration,
-                unlabeled=pseudo_labeled_stream(
-                    config, data, probs, selection, teacher_path, workdir, iteration
-                ),
+                unlabeled=unlabeled,
                 teacher=model,
                 name=name,
                 log_dir=log_dir,
@@ -495,7 +483,7 @@ def run(
             f"{selection.num_in}",
             flush=True,
         )
-        if iteration == 0 and loaded is not None and tf.io.gfile.isdir(loaded_from):
+        if iteration == 0 and loaded is not None and _is_saved_model(loaded_from):
             teacher_path = loaded_from  # a SavedModel teacher labels as it is
         else:
             teacher_path = os.path.join(workdir, f"iteration_{iteration}_{role}.keras")
@@ -503,7 +491,9 @@ def run(
         with open(os.path.join(workdir, f"iteration_{iteration}_selection.json"), "w") as f:
             json.dump(selection.manifest(), f, indent=1)
 
-    evaluation.export_saved_model(model, os.path.join(workdir, "saved_model"))
+    evaluation.export_saved_model(
+        model, os.path.join(workdir, "saved_model"), small_image=config.student.small_image
+    )
     _plot(rows, os.path.join(workdir, "accuracy.png"))
     results = {"models": rows, "config": config.to_dict()}
     with open(os.path.join(workdir, "results.json"), "w") as f:
