@@ -1,6 +1,8 @@
 """Tests for noisy_student_tf.models: EfficientNet builders, noise, weight transfer."""
 
 import math
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -448,3 +450,27 @@ def test_transfer_rejects_mismatched_variant_and_missing_file(tmp_path):
     tiny = build_efficientnet("efficientnet-b0", 10, **TINY)
     with pytest.raises(ValueError, match="matches none"):
         weights_lib.keras_variant_of(tiny)
+
+
+_INIT_CHECKSUM = """
+import keras, numpy as np
+from noisy_student_tf.models import build_efficientnet
+keras.utils.set_random_seed(0)
+model = build_efficientnet("efficientnet-b0", 10, input_shape=(32, 32, 3), width_coefficient=0.25,
+                           depth_coefficient=0.25, small_image=True)
+print("CHECKSUM", sum(float(np.abs(w).sum()) for w in model.get_weights()))
+"""
+
+
+def test_initial_weights_are_distinct_per_layer_and_seeded_across_processes():
+    model = build_efficientnet("efficientnet-b0", 10, input_shape=(32, 32, 3), small_image=True)
+    kernels = [w.numpy() for w in model.weights if w.path.endswith("kernel")]
+    first_values = [k.ravel()[:16].tobytes() for k in kernels]
+    assert len(set(first_values)) == len(kernels)  # no two layers start identical
+    # keras.utils.set_random_seed fixes the initial weights in any process.
+    runs = [
+        subprocess.run([sys.executable, "-c", _INIT_CHECKSUM], capture_output=True, text=True)
+        for _ in range(2)
+    ]
+    sums = [line for run in runs for line in run.stdout.splitlines() if "CHECKSUM" in line]
+    assert len(sums) == 2 and sums[0] == sums[1], [run.stderr[-1000:] for run in runs]

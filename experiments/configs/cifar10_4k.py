@@ -31,8 +31,9 @@ def get_config(arg=None):
     config.data.source = "tfrecord"
     config.data.path = "../shared/data/cifar10"
     config.data.num_labeled_per_class = 400
-    config.teacher = model(dropout_rate=0.2, magnitude=9)
-    config.student = model(dropout_rate=0.5, magnitude=18)
+    # Natural images: the official small-image pipeline with its flip.
+    config.teacher = model(dropout_rate=0.2, magnitude=9, flip=True)
+    config.student = model(dropout_rate=0.5, magnitude=18, flip=True)
     for block in (config.teacher, config.student):
         block.width_coefficient = 1.0
         block.depth_coefficient = 1.0

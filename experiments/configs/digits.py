@@ -14,7 +14,7 @@ runtime. The `smoke` variant runs the same code in well under a minute.
 import ml_collections
 
 
-def model(dropout_rate=0.2, final_survival_prob=0.8, magnitude=9, flip=False):
+def model(dropout_rate=0.2, final_survival_prob=0.8, magnitude=9, flip=False, extra_cutout=True):
     """One model block: architecture, multipliers, its input preprocessing and noise."""
     return ml_collections.ConfigDict(
         dict(
@@ -33,7 +33,7 @@ def model(dropout_rate=0.2, final_survival_prob=0.8, magnitude=9, flip=False):
             # | randaugment_only | none
             preprocess="official",
             flip=flip,  # horizontal flip: off for digits (as the official SVHN runs)
-            extra_cutout=True,  # the official small-image Cutout of side size/2 after RandAugment
+            extra_cutout=extra_cutout,  # official small-image Cutout of side size/2 after RandAugment
         )
     )
 
@@ -66,7 +66,11 @@ def get_config(arg=None):
     )
 
     config.teacher = model()
-    config.student = model(dropout_rate=0.5, magnitude=9)  # paper: 0.5 for students
+    # paper: dropout 0.5 for students. No extra Cutout for them: on these 8x8
+    # digits upscaled to 32 px a 16 px square hides half the digit its pseudo
+    # label describes. Measured from one seed-0 teacher (87.22%): student 1
+    # 83.06% with it, 89.44% without (docs/results.md).
+    config.student = model(dropout_rate=0.5, magnitude=9, extra_cutout=False)
 
     config.train = ml_collections.ConfigDict(
         dict(

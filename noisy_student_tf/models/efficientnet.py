@@ -77,15 +77,29 @@ DEFAULT_OVERRIDES = {
 }
 DEFAULT_FINAL_SURVIVAL_PROB = 0.8
 
-# Official `conv_kernel_initializer`: N(0, sqrt(2 / fan_out)), not truncated
-# (keras.applications uses a truncated normal of the same variance).
-CONV_INITIALIZER = keras.initializers.VarianceScaling(
-    scale=2.0, mode="fan_out", distribution="untruncated_normal"
-)
-# Official `dense_kernel_initializer`: U(-1/sqrt(units), 1/sqrt(units)).
-DENSE_INITIALIZER = keras.initializers.VarianceScaling(
-    scale=1.0 / 3.0, mode="fan_out", distribution="uniform"
-)
+# Initializers are made per layer: a Keras initializer created without a seed
+# fixes one at creation, so a shared module-level instance gave every
+# same-shaped kernel identical values, drawn at import time (before
+# keras.utils.set_random_seed), i.e. different in every process.
+
+
+def conv_initializer() -> keras.initializers.Initializer:
+    """Official `conv_kernel_initializer`: N(0, sqrt(2 / fan_out)), not truncated.
+
+    (keras.applications uses a truncated normal of the same variance.)
+    """
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+    )
+
+
+def dense_initializer() -> keras.initializers.Initializer:
+    """Official `dense_kernel_initializer`: U(-1/sqrt(units), 1/sqrt(units))."""
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_out", distribution="uniform"
+    )
+
+
 # ImageNet RGB statistics, as keras.applications.efficientnet applies them.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
@@ -171,7 +185,7 @@ def _conv(filters, kernel_size, name, strides=1, use_bias=False, **kwargs):
         strides=strides,
         padding="same",
         use_bias=use_bias,
-        kernel_initializer=CONV_INITIALIZER,
+        kernel_initializer=conv_initializer(),
         name=name,
         **kwargs,
     )
@@ -200,7 +214,7 @@ def _mbconv_block(x, spec, bn):
         strides=spec.strides,
         padding="same",
         use_bias=False,
-        depthwise_initializer=CONV_INITIALIZER,
+        depthwise_initializer=conv_initializer(),
         name=f"{name}dwconv",
     )(x)
     x = bn(f"{name}bn")(x)
@@ -336,7 +350,7 @@ def build_efficientnet(
         x = keras.layers.Dropout(cfg["dropout_rate"], name="top_dropout")(x)
     # float32 logits also under a mixed-precision policy.
     logits = keras.layers.Dense(
-        num_classes, kernel_initializer=DENSE_INITIALIZER, dtype="float32", name="predictions"
+        num_classes, kernel_initializer=dense_initializer(), dtype="float32", name="predictions"
     )(x)
     model = keras.Model(inputs, logits, name=name)
     set_normalization(normalization, IMAGENET_MEAN_RGB, [s * s for s in IMAGENET_STDDEV_RGB])
