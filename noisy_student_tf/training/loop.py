@@ -395,7 +395,7 @@ def run(
     loaded_from = config.get("teacher_checkpoint", "")
     loaded = load_teacher_checkpoint(loaded_from, image_size) if loaded_from else None
     check_student_size(
-        loaded or build_model(config.teacher, data.num_classes, image_size),
+        loaded if loaded is not None else build_model(config.teacher, data.num_classes, image_size),
         build_model(config.student, data.num_classes, image_size),
         config.allow_smaller_student,
     )
