@@ -58,6 +58,22 @@ def first_per_class(labels: np.ndarray, per_class: int, num_classes: int) -> np.
     return mask
 
 
+def _first_per_class_split(
+    images, labels, test_images, test_labels, per_class: int, num_classes: int
+) -> SemiSupervisedData:
+    """The train split cut by `first_per_class` into labeled and unlabeled."""
+    labeled = first_per_class(labels, per_class, num_classes)
+    return SemiSupervisedData(
+        images[labeled],
+        labels[labeled],
+        images[~labeled],
+        labels[~labeled],
+        test_images,
+        test_labels,
+        num_classes,
+    )
+
+
 def _upscale(images: np.ndarray, image_size: int) -> np.ndarray:
     resized = tf.image.resize(
         images.astype(np.float32), [image_size, image_size], method="bilinear"
@@ -142,15 +158,8 @@ def load_tfrecord_dir(
     train_files, test_files = shard_files(path, "train"), shard_files(path, "test")
     images, labels = _read_split(train_files, image_size)
     test_images, test_labels = _read_split(test_files, image_size)
-    labeled = first_per_class(labels, num_labeled_per_class, num_classes)
-    return SemiSupervisedData(
-        images[labeled],
-        labels[labeled],
-        images[~labeled],
-        labels[~labeled],
-        test_images,
-        test_labels,
-        num_classes,
+    return _first_per_class_split(
+        images, labels, test_images, test_labels, num_labeled_per_class, num_classes
     )
 
 
@@ -181,15 +190,8 @@ def load_tfds(
 
     images, labels = arrays("train")
     test_images, test_labels = arrays("test")
-    labeled = first_per_class(labels, num_labeled_per_class, num_classes)
-    return SemiSupervisedData(
-        images[labeled],
-        labels[labeled],
-        images[~labeled],
-        labels[~labeled],
-        test_images,
-        test_labels,
-        num_classes,
+    return _first_per_class_split(
+        images, labels, test_images, test_labels, num_labeled_per_class, num_classes
     )
 
 
