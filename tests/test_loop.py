@@ -179,6 +179,16 @@ def test_main_job_smoke_prints_table_progress_and_writes_results(tmp_path):
     assert "epoch_unlabeled_loss" in _event_tags(
         str(tmp_path / "tensorboard" / "iteration_1_student")
     )
+    # The README's --config.teacher_checkpoint, on the teacher this run wrote.
+    proc = _main(
+        "--config=experiments/configs/digits.py:smoke",
+        f"--config.teacher_checkpoint={tmp_path / 'iteration_0_teacher.keras'}",
+        f"--workdir={tmp_path / 'from_teacher'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reused = json.loads((tmp_path / "from_teacher" / "results.json").read_text())["models"][0]
+    assert reused["architecture"] == "loaded iteration_0_teacher.keras"
+    assert reused["test_top1"] == results["models"][0]["test_top1"]
 
 
 def _one_error_line(proc):
