@@ -490,6 +490,9 @@ def run(
             model.save(teacher_path)
         with open(os.path.join(workdir, f"iteration_{iteration}_selection.json"), "w") as f:
             json.dump(selection.manifest(), f, indent=1)
+        # The pool's probabilities, for confidence histograms and counts
+        # before balancing (experiments/report.py); 4 bytes per class per image.
+        np.save(os.path.join(workdir, f"iteration_{iteration}_pool_probabilities.npy"), probs)
 
     evaluation.export_saved_model(
         model, os.path.join(workdir, "saved_model"), small_image=config.student.small_image
