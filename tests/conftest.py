@@ -1,6 +1,8 @@
 """Shared fixtures: tiny models and data so every test runs in seconds on CPU."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -28,3 +30,32 @@ def rng():
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def smoke_workdir(tmp_path_factory):
+    """The --workdir of one `digits.py:smoke` run of the main job, in a fresh process.
+
+    Tests of the tools and reports use what the loop itself wrote
+    (checkpoints, manifests, SavedModel), not stand-ins. About a minute, once
+    per session.
+    """
+    workdir = tmp_path_factory.mktemp("smoke_run")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "experiments", "noisy_student.py"),
+            "--config=experiments/configs/digits.py:smoke",
+            f"--workdir={workdir}",
+        ],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return str(workdir)
