@@ -24,24 +24,9 @@ IMAGE_SIZE = 32  # the digits config's resolution
 
 
 @pytest.fixture(scope="session")
-def loop_teacher(tmp_path_factory):
-    """iteration_0_teacher.keras of a smoke run of the loop (about a minute)."""
-    workdir = tmp_path_factory.mktemp("loop")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "experiments", "noisy_student.py"),
-            "--config=experiments/configs/digits.py:smoke",
-            f"--workdir={workdir}",
-        ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return str(workdir / "iteration_0_teacher.keras")
+def loop_teacher(smoke_workdir):
+    """iteration_0_teacher.keras of the session's smoke run of the loop (conftest)."""
+    return os.path.join(smoke_workdir, "iteration_0_teacher.keras")
 
 
 def _tool(name, *args):
@@ -121,6 +106,54 @@ def test_make_records_label_filter_balance_with_a_loop_checkpoint(tmp_path, loop
         e.features.feature[schema.TEACHER_LABEL].int64_list.value[0] for e in _examples(pseudo)
     )
     assert out == {c: k for c in predicted}
+
+
+def _labeled_by_key(folder):
+    out = {}
+    for e in _examples(folder):
+        feature = e.features.feature
+        out[feature[schema.KEY].bytes_list.value[0]] = (
+            np.array(feature[schema.TEACHER_PROBS].float_list.value),
+            feature[schema.IMAGE].bytes_list.value[0],
+            feature[schema.TEACHER_LABEL].int64_list.value[0],
+        )
+    return out
+
+
+def test_beam_engine_labels_as_the_job_array_with_a_loop_checkpoint(tmp_path, loop_teacher):
+    rng = np.random.default_rng(1)
+    src = tmp_path / "src"
+    src.mkdir()
+    for s in range(3):
+        with tf.io.TFRecordWriter(str(src / records.shard_name("pool", s, 3))) as w:
+            for i in range(4):
+                image = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+                key = f"{s}/{i}".encode()
+                w.write(
+                    schema.source_example(schema.encode_png(image), key=key).SerializeToString()
+                )
+    array, beam = tmp_path / "array", tmp_path / "beam"
+    common = (f"--input={src}", f"--teacher={loop_teacher}", "--batch_size=5")
+    proc = _tool("label.py", *common, f"--output_dir={array}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Beam options after "--" reach the pipeline.
+    beam_args = ("--engine=beam", "--", "--direct_num_workers=1")
+    proc = _tool("label.py", *common, f"--output_dir={beam}", *beam_args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _labeled_by_key(array), _labeled_by_key(beam)
+    assert len(a) == 12 and sorted(b) == sorted(a)
+    for key, (probs, image, label) in a.items():
+        np.testing.assert_allclose(b[key][0], probs, atol=1e-6)
+        assert b[key][1:] == (image, label)
+    ma, mb = (records.read_json(str(d / "manifest.json")) for d in (array, beam))
+    assert mb["complete"] and mb["settings"] == ma["settings"]
+    assert (mb["records_in"], mb["labeled"], mb["skipped"]) == (12, 12, {})
+
+    # Same rerun rules as the job array: a changed setting is refused, named.
+    proc = _tool("label.py", *common, f"--output_dir={beam}", "--engine=beam", "--nosoft")
+    assert "soft: True -> False" in _one_error_line(proc)
+    proc = _tool("label.py", *common, f"--output_dir={beam}", "--engine=beam", "--num_shards=2")
+    assert "--num_shards=2 is for --engine=job_array" in _one_error_line(proc)
 
 
 def _one_error_line(proc):

@@ -42,13 +42,15 @@ from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.labeling.predict import softmax
 from noisy_student_tf.models import official_checkpoint
-from noisy_student_tf.models.checkpoint import load_checkpoint
+from noisy_student_tf.models.checkpoint import is_keras_applications_weights, load_checkpoint
 
 MANIFEST_SUFFIX = ".manifest.json"
 # Settings that change the stored labels; a complete shard is reused only if
 # its manifest has the same values. The teacher is compared by content, so a
-# moved or copied checkpoint still matches.
-COMPARED_SETTINGS = ("teacher_fingerprint", "soft", "temperature", "topk")
+# moved or copied checkpoint still matches. `teacher_image_size` is the
+# requested input side (None: the teacher's own), which changes the labels of
+# a teacher built at a chosen size (official or keras.applications weights).
+COMPARED_SETTINGS = ("teacher_fingerprint", "soft", "temperature", "topk", "teacher_image_size")
 _HASH_CHUNK = 8 << 20
 # Batches decoded at once. Measured on 8,000 32-px PNGs (2 busy CPU cores, best
 # of 3): one (flat_map) 4.4k images/s, four 7.9k, the former single
@@ -65,12 +67,28 @@ class Teacher:
     description: str
 
 
-def load_teacher(path: str) -> Teacher:
-    """Loads a `.keras` checkpoint (training loop), an exported SavedModel dir
-    or an official TF1 EfficientNet checkpoint (prefix or folder).
+def load_teacher(path: str, image_size: int | None = None) -> Teacher:
+    """Loads a `.keras` checkpoint (training loop), an exported SavedModel dir,
+    an official TF1 EfficientNet checkpoint (prefix or folder) or a
+    keras.applications EfficientNet weights file (`.h5`, `.weights.h5`).
 
     Call it inside `strategy.scope()` to place the variables on the replicas.
+
+    Args:
+      image_size: input side for a teacher built from weights (official or
+        keras.applications); None keeps the variant's default resolution. A
+        `.keras` file or SavedModel has its own, which must then equal it.
     """
+    teacher = _load_teacher(path, image_size)
+    if image_size and teacher.image_size != image_size:
+        raise ConfigError(
+            f"--image_size={image_size} but the teacher {path!r} takes "
+            f"{teacher.image_size}x{teacher.image_size} images (leave --image_size unset)"
+        )
+    return teacher
+
+
+def _load_teacher(path: str, image_size: int | None) -> Teacher:
     official = official_checkpoint.is_official_checkpoint(path)
     if tf.io.gfile.isdir(path) and not official:
         if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
@@ -93,12 +111,13 @@ def load_teacher(path: str) -> Teacher:
         return teacher
     if not official and not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"--teacher {path!r} does not exist")
-    if not official and not path.endswith(".keras"):
+    if not (official or path.endswith(".keras") or is_keras_applications_weights(path)):
         raise ConfigError(
-            f"--teacher {path!r} is neither a .keras file, a SavedModel folder nor an "
-            "official TF1 checkpoint (a prefix with a .index file, or a folder with 'checkpoint')"
+            f"--teacher {path!r} is neither a .keras file, a SavedModel folder, a "
+            "keras.applications EfficientNet weights file (.h5, .weights.h5) nor an official "
+            "TF1 checkpoint (a prefix with a .index file, or a folder with 'checkpoint')"
         )
-    model = load_checkpoint(path)
+    model = load_checkpoint(path, image_size=image_size)
     return Teacher(
         lambda images: model(images, training=False),
         int(model.input_shape[1]),
@@ -185,31 +204,38 @@ def teacher_outputs(logits: np.ndarray, soft: bool, temperature: float):
     return stored.astype(np.float32), confidence.astype(np.float32)
 
 
-def _decoded_dataset(path: str, image_size: int, batch_size: int) -> tf.data.Dataset:
-    """(index, serialized, uint8 image) batches, in file order.
+def decoded_batch(indices, serialized, image_size: int, batch_size: int) -> tf.data.Dataset:
+    """Records already in memory -> (index, serialized, uint8 image) batches, in order.
 
     Records that fail to parse or decode are left out (their indices are
-    missing) and classified afterwards. `ignore_errors` wraps only the decoding
-    of records already read into memory, one batch at a time, so a read fault
-    of the file (tf.errors.DataLossError for a corrupted record, a storage
-    error) is raised to the caller instead of silently dropping records.
+    missing); `skip_reason` classifies them afterwards. Shared by both engines
+    (the job array's file reader below, the Beam model handler), so both
+    decode and resize an image the same way.
     """
     image_only = {schema.IMAGE: tf.io.FixedLenFeature([], tf.string)}
 
-    def decode(index, serialized):
-        encoded = tf.io.parse_single_example(serialized, image_only)[schema.IMAGE]
-        return index, serialized, schema.decode_image(encoded, image_size)
+    def decode(index, record):
+        encoded = tf.io.parse_single_example(record, image_only)[schema.IMAGE]
+        return index, record, schema.decode_image(encoded, image_size)
 
-    def decode_batch(indices, serialized):
-        ds = tf.data.Dataset.from_tensor_slices((indices, serialized))
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.ignore_errors().batch(batch_size)
+    ds = tf.data.Dataset.from_tensor_slices((indices, serialized))
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.ignore_errors().batch(batch_size)
 
+
+def _decoded_dataset(path: str, image_size: int, batch_size: int) -> tf.data.Dataset:
+    """(index, serialized, uint8 image) batches of one file, in file order.
+
+    `ignore_errors` wraps only the decoding of records already read into
+    memory, one batch at a time (`decoded_batch`), so a read fault of the file
+    (tf.errors.DataLossError for a corrupted record, a storage error) is
+    raised to the caller instead of silently dropping records.
+    """
     raw = tf.data.TFRecordDataset(path).enumerate().batch(batch_size)
     # A few batches decode at once; each yields one batch (or none), so the
     # deterministic round robin keeps file order.
     return raw.interleave(
-        decode_batch,
+        lambda indices, serialized: decoded_batch(indices, serialized, image_size, batch_size),
         cycle_length=DECODE_BATCHES_IN_FLIGHT,
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -235,7 +261,7 @@ def _batches(path: str, image_size: int, batch_size: int):
         yield index, serialized.numpy(), images.numpy()
 
 
-def _skip_reason(serialized: bytes, image_size: int) -> str:
+def skip_reason(serialized: bytes, image_size: int) -> str:
     """Why a record was left out by `_decoded_dataset`, checked again eagerly.
 
     Raises:
@@ -256,7 +282,7 @@ def _skip_reason(serialized: bytes, image_size: int) -> str:
     raise OSError("a record that decodes was dropped while labeling; rerun to label it")
 
 
-def _with_teacher_view(
+def with_teacher_view(
     raw: bytes, probs: np.ndarray, confidence: float, topk: int | None, default_key: bytes
 ) -> bytes:
     """The source record `raw` with the teacher's view added, serialized."""
@@ -298,9 +324,7 @@ def label_file(
             stored, confidence = teacher_outputs(predict(images), soft, temperature)
             for j, (i, raw) in enumerate(zip(index, serialized)):
                 writer.write(
-                    _with_teacher_view(
-                        raw, stored[j], confidence[j], topk, f"{source}:{i}".encode()
-                    )
+                    with_teacher_view(raw, stored[j], confidence[j], topk, f"{source}:{i}".encode())
                 )
             seen.append(index)
             labeled += len(index)
@@ -314,7 +338,7 @@ def label_file(
             for i, raw in enumerate(records.read_records(in_path)):
                 if i in missing:
                     try:
-                        reason = _skip_reason(raw, image_size)
+                        reason = skip_reason(raw, image_size)
                     except OSError as e:
                         raise OSError(f"{in_path!r} record {i}: {e}") from e
                     skipped[reason] = skipped.get(reason, 0) + 1
@@ -335,6 +359,80 @@ def label_file(
     }
 
 
+def check_options(
+    soft: bool, temperature: float, topk: int | None, batch_size: int, image_size: int | None
+) -> int | None:
+    """Validates the labeling flags shared by both engines; returns topk (None: all)."""
+    if soft and temperature <= 0:
+        raise ConfigError(f"--temperature must be > 0, got {temperature}")
+    if topk is not None and topk < 0:
+        raise ConfigError(f"--topk must be >= 0, got {topk}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1, got {batch_size}")
+    if image_size is not None and image_size < 0:
+        raise ConfigError(f"--image_size must be >= 1 (or 0: the teacher's own), got {image_size}")
+    return int(topk) if topk else None
+
+
+def labeling_settings(
+    teacher_path: str, soft: bool, temperature: float, topk: int | None, image_size: int | None
+) -> dict:
+    """The settings recorded in every shard manifest (COMPARED_SETTINGS and the path)."""
+    return {
+        "teacher": teacher_path,
+        "teacher_fingerprint": teacher_fingerprint(teacher_path),
+        "soft": bool(soft),
+        # Hard labels do not depend on the temperature, so it is not recorded.
+        "temperature": float(temperature) if soft else None,
+        "topk": topk,
+        "teacher_image_size": image_size or None,
+    }
+
+
+def output_paths(output_dir: str, output_prefix: str, total: int) -> list[str]:
+    """Output shard i of `total` input shards: `output_dir/PREFIX-0000i-of-N.tfrecord`."""
+    return [
+        os.path.join(output_dir, records.shard_name(output_prefix, i, total)) for i in range(total)
+    ]
+
+
+def plan(outputs: list[str], mine: list[int], settings: dict, overwrite: bool) -> list[int]:
+    """The shards among `mine` still to label: incomplete, or stale with `overwrite`.
+
+    The manifest of a stale shard is removed here, so a run killed while
+    relabeling it leaves it incomplete rather than complete with old labels.
+
+    Raises:
+      ConfigError: complete shards labeled with other settings and not `overwrite`.
+    """
+    complete = [i for i in mine if _is_complete(outputs[i])]
+    stale = _check_settings([outputs[i] for i in complete], settings, overwrite)
+    todo = [i for i in mine if i not in complete or outputs[i] in stale]
+    for i in todo:
+        if tf.io.gfile.exists(outputs[i] + MANIFEST_SUFFIX):
+            tf.io.gfile.remove(outputs[i] + MANIFEST_SUFFIX)
+    logging.info(
+        "labeling %d of %d shards (%d already complete, %d relabeled) into %s",
+        len(todo),
+        len(mine),
+        len(mine) - len(todo),
+        len(stale),
+        os.path.dirname(outputs[0]) if outputs else "",
+    )
+    return todo
+
+
+def derived_settings(teacher: Teacher, predict) -> dict:
+    """What the manifests record about the loaded teacher (not compared on rerun)."""
+    size = teacher.image_size
+    num_classes = int(predict(np.zeros((1, size, size, 3), np.uint8)).shape[-1])
+    return {
+        "teacher_description": teacher.description,
+        "image_size": size,
+        "num_classes": num_classes,
+    }
+
+
 def label_shards(
     teacher_path: str,
     input_files: list[str],
@@ -349,11 +447,13 @@ def label_shards(
     output_prefix: str = "labeled",
     verbose: int = 1,
     overwrite: bool = False,
+    image_size: int | None = None,
 ) -> dict:
     """Labels this job's share of `input_files` into `output_dir`.
 
     Args:
-      teacher_path: a `.keras` checkpoint or an exported SavedModel folder.
+      teacher_path: a `.keras` checkpoint, an exported SavedModel folder, an
+        official TF1 checkpoint or a keras.applications EfficientNet weights file.
       input_files: all source shards of the pool (sorted); shard i goes to
         `output_dir/PREFIX-0000i-of-N.tfrecord`.
       soft: store the soft distribution (else the one-hot argmax).
@@ -366,6 +466,8 @@ def label_shards(
       overwrite: relabel this job's complete shards that were labeled with
         other settings (else that is a ConfigError). Shards already labeled
         with these settings are kept, so a killed overwrite run resumes.
+      image_size: input side of a teacher built from weights (official or
+        keras.applications); None or 0 keeps the teacher's own.
 
     Returns:
       The aggregate manifest (also written to `output_dir/manifest.json`).
@@ -377,59 +479,22 @@ def label_shards(
     """
     if not 0 <= shard_index < num_shards:
         raise ConfigError(f"--shard_index={shard_index} must be in [0, --num_shards={num_shards})")
-    if soft and temperature <= 0:
-        raise ConfigError(f"--temperature must be > 0, got {temperature}")
-    if topk is not None and topk < 0:
-        raise ConfigError(f"--topk must be >= 0, got {topk}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch_size must be >= 1, got {batch_size}")
-    topk = int(topk) if topk else None
+    topk = check_options(soft, temperature, topk, batch_size, image_size)
     timer = records.Timer()
     strategy = strategy or tf.distribute.get_strategy()
-    settings = {
-        "teacher": teacher_path,
-        "teacher_fingerprint": teacher_fingerprint(teacher_path),
-        "soft": bool(soft),
-        # Hard labels do not depend on the temperature, so it is not recorded.
-        "temperature": float(temperature) if soft else None,
-        "topk": topk,
-    }
+    settings = labeling_settings(teacher_path, soft, temperature, topk, image_size)
     tf.io.gfile.makedirs(output_dir)
-    total = len(input_files)
-    outputs = [
-        os.path.join(output_dir, records.shard_name(output_prefix, i, total)) for i in range(total)
-    ]
-    mine = [i for i in range(total) if i % num_shards == shard_index]
-    complete = [i for i in mine if _is_complete(outputs[i])]
-    stale = _check_settings(
-        [outputs[i] for i in complete], settings, overwrite
-    )  # raises unless overwrite
-    todo = [i for i in mine if i not in complete or outputs[i] in stale]
-    logging.info(
-        "labeling %d of %d shards (%d already complete, %d relabeled) into %s",
-        len(todo),
-        len(mine),
-        len(mine) - len(todo),
-        len(stale),
-        output_dir,
-    )
+    outputs = output_paths(output_dir, output_prefix, len(input_files))
+    mine = [i for i in range(len(input_files)) if i % num_shards == shard_index]
+    todo = plan(outputs, mine, settings, overwrite)  # raises unless overwrite
     if todo:
         sizes = [records.count_records(input_files[i]) for i in todo]
         with strategy.scope():
-            teacher = load_teacher(teacher_path)
+            teacher = load_teacher(teacher_path, image_size or None)
         predict = make_predict(teacher, strategy)
-        size = teacher.image_size
-        num_classes = int(predict(np.zeros((1, size, size, 3), np.uint8)).shape[-1])
+        derived = derived_settings(teacher, predict)
         progbar = keras.utils.Progbar(sum(sizes), unit_name="image", verbose=verbose)
-        derived = {
-            "teacher_description": teacher.description,
-            "image_size": size,
-            "num_classes": num_classes,
-        }
         for i in todo:
-            manifest_path = outputs[i] + MANIFEST_SUFFIX
-            if tf.io.gfile.exists(manifest_path):  # an overwritten shard is incomplete now
-                tf.io.gfile.remove(manifest_path)
             manifest = label_file(
                 predict,
                 input_files[i],
@@ -441,7 +506,7 @@ def label_shards(
                 topk,
                 progbar,
             )
-            records.write_json(manifest_path, {**manifest, **settings, **derived})
+            records.write_json(outputs[i] + MANIFEST_SUFFIX, {**manifest, **settings, **derived})
     return write_summary(output_dir, outputs, timer.elapsed())
 
 

@@ -6,13 +6,16 @@ finds a custom class at load time only through its serialization registry,
 which the `register_keras_serializable` decorator fills when
 `noisy_student_tf.models.layers` is imported. A tool that loaded the file
 without importing the models package first failed with "Could not locate
-class 'StochasticDepth'", so every loader (labeling/shards.py,
-models/weights.py) goes through `load_checkpoint`, whose module imports the
-layers.
+class 'StochasticDepth'", so every loader (labeling/shards.py, the loop)
+goes through `load_checkpoint`, whose module imports the layers
+(models/weights.py, which this module imports, loads its `.keras` sources
+with the layers registered by its own efficientnet import).
 
 The same entry point takes the official TF1 EfficientNet / Noisy Student
 checkpoints (`models/official_checkpoint.py`), so `tools/label.py --teacher`
-and the loop's `teacher_checkpoint` accept them without a conversion step.
+and the loop's `teacher_checkpoint` accept them without a conversion step,
+and so are keras.applications EfficientNetB0-B7 weights files (`.h5`,
+`.weights.h5`; `models/weights.py` infers the variant and moves the weights).
 """
 
 from __future__ import annotations
@@ -26,15 +29,26 @@ from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.models import (
     layers,  # noqa: F401 - registers StochasticDepth
     official_checkpoint,
+    weights,
 )
 
 CHECKPOINT_SUFFIX = ".keras"
+# keras.applications weights files: the downloaded `efficientnetb0.h5` and
+# Keras 3 `save_weights` output (`.weights.h5`) both end so.
+KERAS_APPLICATIONS_SUFFIX = ".h5"
+
+
+def is_keras_applications_weights(path: str | os.PathLike) -> bool:
+    return os.fspath(path).endswith(KERAS_APPLICATIONS_SUFFIX)
 
 
 def load_checkpoint(
-    path: str | os.PathLike, compile: bool = False, image_size: int | None = None
+    path: str | os.PathLike,
+    compile: bool = False,
+    image_size: int | None = None,
+    variant: str | None = None,
 ) -> keras.Model:
-    """Loads a `.keras` file or an official TF1 EfficientNet checkpoint.
+    """Loads a `.keras` file, an official TF1 or a keras.applications EfficientNet checkpoint.
 
     Args:
       path: a `.keras` file written by the training loop (or any Keras 3
@@ -43,13 +57,18 @@ def load_checkpoint(
         or a folder holding its `checkpoint` state file (the unpacked
         `noisy_student_efficientnet-b0.tar.gz`). An official checkpoint is
         converted with `official_checkpoint.convert_official_checkpoint`
-        (moving-average weights, ImageNet input statistics).
+        (moving-average weights, ImageNet input statistics). Or a
+        keras.applications EfficientNetB0-B7 weights file with its classifier
+        (`.h5`, `.weights.h5`), built with `weights.build_from_keras_applications_file`.
       compile: restore the training configuration of a `.keras` file too. The
         tools only run the model, so the default skips the optimizer (faster,
         and a checkpoint whose optimizer cannot be rebuilt still loads).
-      image_size: input size to build an official checkpoint's model at; None
-        keeps the variant's default resolution. A `.keras` model keeps its
-        own input shape (callers compare `model.input_shape`).
+      image_size: input size to build an official or keras.applications
+        checkpoint's model at; None keeps the variant's default resolution. A
+        `.keras` model keeps its own input shape (callers compare
+        `model.input_shape`).
+      variant: the EfficientNet of a keras.applications file
+        ("efficientnet-b0" ...); None infers it from the weight shapes.
 
     Raises:
       FileNotFoundError: the file does not exist.
@@ -61,10 +80,13 @@ def load_checkpoint(
         return official_checkpoint.convert_official_checkpoint(path, image_size=image_size)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"model checkpoint {path!r} does not exist")
+    if is_keras_applications_weights(path):
+        return weights.build_from_keras_applications_file(path, image_size, variant)
     if not path.endswith(CHECKPOINT_SUFFIX):
         raise ConfigError(
             f"model checkpoint {path!r} is neither a {CHECKPOINT_SUFFIX} file (the training "
-            "loop writes iteration_<i>_<role>.keras) nor an official TF1 checkpoint (a prefix "
-            "with a .index file, or a folder holding a 'checkpoint' state file)"
+            "loop writes iteration_<i>_<role>.keras), a keras.applications EfficientNet "
+            f"weights file ({KERAS_APPLICATIONS_SUFFIX}) nor an official TF1 checkpoint (a "
+            "prefix with a .index file, or a folder holding a 'checkpoint' state file)"
         )
     return keras.models.load_model(path, compile=compile)

@@ -14,6 +14,14 @@ transfer is by layer name. Two things need care:
   variance = stddev ** 2.
 - A file is read into a keras.applications model of the matching variant
   first (keras' own loader handles legacy `.h5` and `.weights.h5`).
+
+`build_from_keras_applications_file` builds the project model for a weights
+file alone (the `.h5` that `EfficientNetBx(weights="imagenet")` downloads, or
+one `save_weights` wrote), which is how `load_checkpoint`, and through it
+`tools/label.py --teacher` and the loop's `teacher_checkpoint`, take such a
+file. Keras 3's `.weights.h5` names its groups by layer class
+(`layers/conv2d_12/vars/0`), not by layer name, so the variant is read from
+the weight *shapes*, which every format keeps.
 """
 
 import os
@@ -22,8 +30,8 @@ import h5py
 import keras
 import numpy as np
 
+from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.models import efficientnet as en
-from noisy_student_tf.models.checkpoint import load_checkpoint
 
 # keras.applications constructor per variant.
 KERAS_BUILDERS = {
@@ -125,7 +133,9 @@ def _source_model(model, source):
     if not os.path.exists(path):
         raise ValueError(f"Weights file {path!r} does not exist.")
     if path.endswith(".keras"):
-        return load_checkpoint(path), True
+        # Not checkpoint.load_checkpoint, which imports this module; the custom
+        # layers are registered by the efficientnet import above.
+        return keras.models.load_model(path, compile=False), True
     has_top, classes = _file_head(path)
     source_model = KERAS_BUILDERS[keras_variant_of(model)](
         include_top=has_top,
@@ -204,3 +214,92 @@ def load_keras_applications_weights(model, source, include_top=True):
     normalization, _ = _find_normalization(model)
     en.set_normalization(normalization, mean, variance)
     return [layer.name for layer, _ in pairs] + [normalization.name]
+
+
+def _file_shapes(path):
+    """Shapes of every weight in an HDF5 weights file (model weights only)."""
+    shapes = []
+    with h5py.File(path, "r") as f:
+        # A legacy whole-model file may also hold optimizer slots of the same shapes.
+        root = f["model_weights"] if "model_weights" in f else f
+        root.visititems(
+            lambda _, obj: (
+                shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
+    return shapes
+
+
+def keras_applications_file_variant(path):
+    """(variant name, classes) of a keras.applications EfficientNetB0-B7 weights file.
+
+    Read from the weight shapes alone: the stem is the only 3x3 kernel on 3
+    input channels, every MBConv block has exactly one depthwise kernel
+    (last dimension 1), and the classifier is the only rank-2 kernel, whose
+    input is the head's width. (Stem and block count alone do not tell B1
+    from B2.)
+
+    Raises:
+        ConfigError: the file is not such a weights file, or it has no
+            classifier (a `_notop` file cannot label).
+    """
+    path = os.fspath(path)
+    try:
+        shapes = _file_shapes(path)
+    except OSError as error:
+        raise ConfigError(f"{path!r} is not a readable HDF5 weights file: {error}") from error
+    stems = [s for s in shapes if len(s) == 4 and s[:3] == (3, 3, 3)]
+    blocks = sum(1 for s in shapes if len(s) == 4 and s[3] == 1)
+    dense = [s for s in shapes if len(s) == 2]
+    if len(stems) != 1 or not blocks:
+        raise ConfigError(
+            f"{path!r} does not look like a keras.applications EfficientNet weights file "
+            f"({len(stems)} stem kernels of shape (3, 3, 3, F), {blocks} depthwise kernels)"
+        )
+    if len(dense) != 1:
+        raise ConfigError(
+            f"{path!r} has {len(dense)} classifier kernels; a teacher needs the one of a "
+            "keras.applications EfficientNet saved with include_top=True (not a _notop file)"
+        )
+    signature = (stems[0][3], dense[0][0], blocks)
+    for name in KERAS_BUILDERS:
+        width, depth = en.VARIANTS[name][:2]
+        if _signature(width, depth) == signature:
+            return name, int(dense[0][1])
+    raise ConfigError(
+        f"{path!r} (stem, head filters and blocks {signature}) matches none of the "
+        f"keras.applications variants {', '.join(KERAS_BUILDERS)}"
+    )
+
+
+def build_from_keras_applications_file(path, image_size=None, variant=None):
+    """The project model holding a keras.applications EfficientNet weights file.
+
+    Args:
+        path: `.h5` or `.weights.h5` written by keras.applications'
+            EfficientNetB0..B7 (downloaded ImageNet weights, `save_weights`,
+            or a legacy whole-model `save`), with its classifier.
+        image_size: input side to build at; None keeps the variant's default
+            resolution (224 for B0 ... 600 for B7).
+        variant: "efficientnet-b0" ... "efficientnet-b7"; None infers it from
+            the file's weight shapes. Stated, it must agree with the file.
+
+    Returns:
+        A `build_efficientnet` model (standard strides, as keras.applications)
+        with the file's weights and input normalization; its logits equal the
+        keras.applications model's on the same pixels.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: not such a file, or `variant` disagrees with it.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"keras.applications weights file {path!r} does not exist")
+    inferred, classes = keras_applications_file_variant(path)
+    if variant is not None and variant != inferred:
+        raise ConfigError(f"{path!r} holds {inferred} weights, not the stated {variant!r}")
+    input_shape = None if image_size is None else (image_size, image_size, 3)
+    model = en.build_efficientnet(inferred, classes, input_shape=input_shape)
+    load_keras_applications_weights(model, path)
+    return model
