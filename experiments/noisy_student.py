@@ -3,9 +3,19 @@
   python experiments/noisy_student.py [--config=experiments/configs/digits.py]
       [--config.seed=1] [--workdir=runs/digits]
 
+  # streamed: labeled, unlabeled and test sets as shard folders/globs or tfds splits
+  python experiments/noisy_student.py --config.data.labeled=/data/in1k/train-* \
+      --config.data.unlabeled=/data/pool --config.data.test=tfds:imagenet2012:validation \
+      --config.data.num_classes=1000 --config.data.image_size=224 --workdir=runs/at_scale
+  # one student from labeled shards + a tools/filter_balance.py output folder
+  python experiments/noisy_student.py --config.data.labeled=... --config.data.test=... \
+      --config.data.pseudo_labeled=/data/pseudo --config.num_iterations=1 --workdir=...
+
 Prints a table of test accuracy per model and writes results.json,
 accuracy.png, per-iteration checkpoints and selection manifests, and the
-final model's SavedModel into --workdir.
+final model's SavedModel into --workdir. Rerunning the same command with the
+same --workdir resumes a killed run (finished stages are reused, a model
+killed in fit() continues from its last checkpoint, train.save_every_steps).
 """
 
 import os
@@ -14,7 +24,7 @@ import time
 from absl import flags, logging
 
 from noisy_student_tf import cli
-from noisy_student_tf.data import load_source
+from noisy_student_tf.data import sources
 from noisy_student_tf.training import get_strategy, loop
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
@@ -30,7 +40,7 @@ def main(argv):
     loop.validate_config(config)  # fail on bad settings before loading data
     strategy = get_strategy(config.strategy, config.tpu_address)  # before other TF ops
     loop.validate_config(config, strategy.num_replicas_in_sync)
-    data = load_source(config.data)
+    data = sources.load(config.data)  # arrays, or streams with data.labeled
     results = loop.run(config, _WORKDIR.value, data, strategy)
     print()
     print(loop.format_table(results["models"]))

@@ -62,6 +62,16 @@ def get_config(arg=None):
             num_test_per_class=36,  # digits only
             image_size=32,
             split_seed=0,  # digits: the labeled/unlabeled/test split is fixed by this
+            # Streamed sets (data/sources.py), each a folder or glob of shards in
+            # the record schema or tfds:NAME:SPLIT (data_dir: path). Setting
+            # `labeled` switches to the streamed protocol (source is then unused);
+            # `unlabeled` may be another dataset (labels absent or -1).
+            labeled="",
+            unlabeled="",
+            test="",
+            # A tools/filter_balance.py output folder: the first student trains
+            # on it and `labeled`, with no teacher stage.
+            pseudo_labeled="",
         )
     )
 
@@ -91,6 +101,9 @@ def get_config(arg=None):
             weight_decay=1e-5,  # official
             label_smoothing=0.1,  # official
             eval_batch_size=256,
+            # Checkpoint of a fit every N steps, restored when the run is rerun
+            # with the same --workdir (training/resume.py); 0: none.
+            save_every_steps=200,
         )
     )
 
@@ -106,6 +119,11 @@ def get_config(arg=None):
             unlabeled_ratio=4,  # unlabeled batch = ratio x labeled batch (paper: 14, 28)
             online=False,  # True: teacher runs inside the train step
             via_records=False,  # True: label/filter/balance through TFRecords + Beam (tools/)
+            # Record path (via_records, streamed data): the k most probable
+            # classes stored per record (0: all; tools/label.py --topk) and the
+            # balanced shards written (tools/filter_balance.py --num_output_shards).
+            topk=0,
+            num_output_shards=4,
         )
     )
 

@@ -24,6 +24,18 @@ epoch or batch index), maps run in parallel with deterministic ordering, and
 record streams use seeded shuffles (which, as all tf.data shuffles, also
 depend on the global seed that `keras.utils.set_random_seed` sets).
 
+Resume. `training_dataset(..., start_batch=k)` is the stream a resumed fit
+continues with at step k: in-memory streams skip k batches of indices (cheap:
+nothing is gathered or augmented) and so continue exactly where the killed
+run was; record streams are not replayed (that would decode every record
+seen since the start) but start a fresh shuffle seeded with k. On both, the
+augmentation keys continue at batch index k.
+
+Record sources (`source_records`, `eval_records`) decode each image to the
+model's resolution with the eval view (`preprocess.eval_preprocess`: the
+image as it is for small images, the official center crop for large ones);
+the training preprocessing then runs on batches, as for in-memory images.
+
 Elements are dicts (all images uint8 [B, H, W, 3]):
   images [B], labels int64 [B]                           always
   unlabeled_images [rB]                                  student only
@@ -54,8 +66,14 @@ def _stream_key(seed: int, stream: int) -> tf.Tensor:
     return tf.constant([seed, stream], tf.int64)
 
 
-def _in_memory(arrays, batch_size: int, seed: int, stream: int) -> tf.data.Dataset:
-    """Batches gathered from arrays along a fresh full permutation per epoch."""
+def _in_memory(
+    arrays, batch_size: int, seed: int, stream: int, start_batch: int = 0
+) -> tf.data.Dataset:
+    """Batches gathered from arrays along a fresh full permutation per epoch.
+
+    `start_batch` skips that many batches of indices, so a resumed stream
+    continues with the batch the killed one would have produced next.
+    """
     tensors = tf.nest.map_structure(tf.convert_to_tensor, arrays)
     n = int(tf.nest.flatten(tensors)[0].shape[0])
     if n == 0:
@@ -67,33 +85,40 @@ def _in_memory(arrays, batch_size: int, seed: int, stream: int) -> tf.data.Datas
         order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), key)
         return tf.data.Dataset.from_tensor_slices(order)
 
-    order = tf.data.Dataset.counter().flat_map(epoch)
-    return order.batch(batch_size, drop_remainder=True).map(
+    order = tf.data.Dataset.counter().flat_map(epoch).batch(batch_size, drop_remainder=True)
+    if start_batch:
+        order = order.skip(start_batch)
+    return order.map(
         lambda idx: tf.nest.map_structure(lambda t: tf.gather(t, idx), tensors),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
 
 
-def _from_dataset(ds: tf.data.Dataset, batch_size: int, seed: int, stream: int, buffer: int):
+def _from_dataset(
+    ds: tf.data.Dataset, batch_size: int, seed: int, stream: int, buffer: int, start_batch: int = 0
+):
     size = int(ds.cardinality())
     if size >= 0:
         buffer = min(buffer, size)
     if buffer > 1:
-        ds = ds.shuffle(buffer, seed=2 * seed + stream, reshuffle_each_iteration=True)
+        # A resumed stream (start_batch > 0) gets a shuffle of its own.
+        shuffle_seed = 2 * seed + stream + 7919 * start_batch
+        ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.repeat().batch(batch_size, drop_remainder=True)
 
 
-def _stream(source, batch_size, seed, stream, buffer, preprocess, build):
+def _stream(source, batch_size, seed, stream, buffer, preprocess, build, start_batch=0):
     """Shuffled, repeated batches of `source` mapped to dicts by `build`.
 
     `build(student_images, clean_images, *rest)` gets the batch after and
-    before preprocessing, with a key that depends on (seed, stream, batch).
+    before preprocessing, with a key that depends on (seed, stream, batch);
+    batch indices start at `start_batch`.
     """
     if isinstance(source, tf.data.Dataset):
-        ds = _from_dataset(source, batch_size, seed, stream, buffer)
+        ds = _from_dataset(source, batch_size, seed, stream, buffer, start_batch)
     else:
-        ds = _in_memory(source, batch_size, seed, stream)
+        ds = _in_memory(source, batch_size, seed, stream, start_batch)
     base = _stream_key(seed, stream + 2)
 
     def apply(index, element):
@@ -106,7 +131,9 @@ def _stream(source, batch_size, seed, stream, buffer, preprocess, build):
             student = images
         return build(student, images, *parts[1:])
 
-    return ds.enumerate().map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.enumerate(start_batch).map(
+        apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
 
 
 def _as_source(value):
@@ -126,6 +153,7 @@ def training_dataset(
     online_teacher: bool = False,
     seed: int = 0,
     shuffle_buffer: int = DATASET_SHUFFLE_BUFFER,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """An infinite dataset of per-step dicts (see the module docstring).
 
@@ -146,9 +174,13 @@ def training_dataset(
       seed: the seed of every shuffle and augmentation key.
       shuffle_buffer: buffer for streams given as Datasets (decoded images;
         record streams are shuffled before decoding as well).
+      start_batch: the step a resumed fit continues from (see "Resume" in
+        the module docstring); 0 for a fresh fit.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
     lab = _stream(
         _as_source(labeled),
         batch_size,
@@ -157,6 +189,7 @@ def training_dataset(
         shuffle_buffer,
         preprocess,
         lambda x, clean, y: {"images": x, "labels": tf.cast(y, tf.int64)},
+        start_batch,
     )
     if unlabeled is None:
         return lab.prefetch(tf.data.AUTOTUNE)
@@ -174,10 +207,40 @@ def training_dataset(
             return {"unlabeled_images": x, "unlabeled_targets": tf.cast(t, tf.float32)}
 
     unl = _stream(
-        _as_source(unlabeled), unl_batch, seed, UNLABELED, shuffle_buffer, preprocess, build
+        _as_source(unlabeled),
+        unl_batch,
+        seed,
+        UNLABELED,
+        shuffle_buffer,
+        preprocess,
+        build,
+        start_batch,
     )
     both = tf.data.Dataset.zip(lab, unl).map(lambda a, b: {**a, **b})
     return both.prefetch(tf.data.AUTOTUNE)
+
+
+def _interleaved(
+    files: Sequence[str], seed: int, shuffle_buffer: int, caller: str, shuffle_files: bool = True
+):
+    """Serialized records of `files`: file order shuffled (`shuffle_files`), up to 64
+    read interleaved, records shuffled over `shuffle_buffer` (0 or 1: in order)."""
+    files = [str(f) for f in files]
+    if not files:
+        raise FileNotFoundError(f"{caller} got no files")
+    names = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_files:
+        names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = names.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), MAX_OPEN_FILES),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    return ds
 
 
 def pseudo_labeled_records(
@@ -211,24 +274,92 @@ def pseudo_labeled_records(
       small_image: eval view for 32 px models (see eval_preprocess).
       shuffle_buffer: serialized records to shuffle over; 0 keeps the order.
     """
-    files = [str(f) for f in files]
-    if not files:
-        raise FileNotFoundError("pseudo_labeled_records got no files")
-    names = tf.data.Dataset.from_tensor_slices(files)
-    names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = names.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(files), MAX_OPEN_FILES),
-        block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    if shuffle_buffer > 1:
-        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    ds = _interleaved(files, seed, shuffle_buffer, "pseudo_labeled_records")
 
     def parse(serialized):
         record = schema.parse_pseudo(serialized, num_classes)
         image = preprocessing.eval_preprocess(record[schema.IMAGE], image_size, small_image)
         return image, record[schema.TEACHER_PROBS]
+
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _decode_source(image_size: int, small_image: bool | None):
+    def parse(serialized):
+        record = schema.parse_source(serialized)
+        image = preprocessing.eval_preprocess(record[schema.IMAGE], image_size, small_image)
+        return image, record[schema.LABEL]
+
+    return parse
+
+
+def source_records(
+    files: Sequence[str],
+    image_size: int,
+    seed: int = 0,
+    small_image: bool | None = None,
+    shuffle_buffer: int = RECORD_SHUFFLE_BUFFER,
+    cache: bool = False,
+) -> tf.data.Dataset:
+    """Unbatched (uint8 image [S, S, 3], int64 label) from source shards, one pass.
+
+    The labeled stream of a streamed run (`training_dataset` shuffles,
+    repeats and batches it). Read like `pseudo_labeled_records`; with
+    `cache` (a small set, see sources.cacheable) the files are read once in
+    order and the decoded images kept in memory, so later epochs only
+    reshuffle them.
+    """
+    ds = _interleaved(
+        files, seed, 0 if cache else shuffle_buffer, "source_records", shuffle_files=not cache
+    )
+    ds = ds.map(
+        _decode_source(image_size, small_image),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return ds.cache() if cache else ds
+
+
+def eval_records(
+    files: Sequence[str], image_size: int, batch_size: int, small_image: bool | None = None
+) -> tf.data.Dataset:
+    """Batches of (uint8 images [B, S, S, 3], int64 labels [B]) in file order, eval view."""
+    ds = _interleaved(files, 0, 0, "eval_records", shuffle_files=False)
+    ds = ds.map(
+        _decode_source(image_size, small_image),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def tfds_records(
+    name: str,
+    split: str,
+    image_size: int,
+    data_dir: str | None = None,
+    small_image: bool | None = None,
+    shuffle_files: bool = False,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Unbatched (uint8 image [S, S, 3], int64 label) from a prepared tfds split, eval view.
+
+    Images stay encoded until the map (SkipDecoding), as for record shards.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=shuffle_files,
+        read_config=tfds.ReadConfig(shuffle_seed=seed),
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    has_label = "label" in builder.info.features
+
+    def parse(example):
+        image = preprocessing.eval_preprocess(example["image"], image_size, small_image)
+        label = example["label"] if has_label else tf.constant(schema.UNLABELED)
+        return image, tf.cast(label, tf.int64)
 
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -12,6 +12,7 @@ pipeline with "truncated record at 1234".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -176,6 +177,13 @@ def write_json(path: str, payload: dict) -> str:
 def read_json(path: str) -> dict:
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
+
+
+def content_digest(array) -> str:
+    """`sha256:HEX` of an array's bytes and shape: names an in-memory set in a manifest."""
+    digest = hashlib.sha256(repr((array.shape, str(array.dtype))).encode())
+    digest.update(memoryview(array).cast("B") if array.flags.c_contiguous else array.tobytes())
+    return f"sha256:{digest.hexdigest()}"
 
 
 class Timer:

@@ -1,23 +1,33 @@
-"""Where images come from: the bundled digits, TFRecord shards, or tfds.
+"""Where images come from: in memory (digits, a shard folder, tfds) or as streams.
 
-Each source returns the same in-memory `SemiSupervisedData`: a labeled set,
-an unlabeled pool (whose true labels, where known, are used only to report
-pseudo-label accuracy, never for training) and a test split, all as uint8
-[N, S, S, 3] images. That covers everything up to CIFAR scale; the JFT-scale
-path streams records instead (noisy_student_tf.data.records and tools/).
+In memory (`load_source`, config `data.source`): the bundled digits, a
+folder of `train-*`/`test-*` shards or a tfds dataset, cut into the same
+`SemiSupervisedData`: a labeled set, an unlabeled pool (whose true labels,
+where known, are used only to report pseudo-label accuracy, never for
+training) and a test split, all as uint8 [N, S, S, 3] arrays. That covers
+everything up to CIFAR scale.
+
+Streams (`load_streams`, config `data.labeled`, `data.unlabeled`,
+`data.test`): each set is named on its own, as a folder or glob of shards in
+the record schema or as `tfds:NAME:SPLIT` (tfds split slicing allowed), so
+the unlabeled set can be another, larger dataset (the paper's ImageNet +
+JFT). Nothing is read here beyond the files' record headers (to count them):
+`StreamingData` only names the sources, and tf.data reads them
+(data/pipeline.py), so host memory does not grow with the unlabeled set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from noisy_student_tf.cli import ConfigError
-from noisy_student_tf.data import schema
+from noisy_student_tf.data import records, schema
 
 
 @dataclasses.dataclass
@@ -223,3 +233,196 @@ def load_source(data_config) -> SemiSupervisedData:
             data_config.get("path") or None,
         )
     raise ConfigError(f"data.source={source!r} is not one of {SOURCES}")
+
+
+# --- streams -----------------------------------------------------------------
+
+TFDS_PREFIX = "tfds:"
+STREAM_KEYS = ("labeled", "unlabeled", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSource:
+    """One streamed set: shards in the record schema, or a tfds split.
+
+    Attributes:
+      spec: the config value it came from (for messages and manifests).
+      files: the sorted shards (empty for tfds).
+      tfds_name, tfds_split, data_dir: the tfds split, for `tfds:NAME:SPLIT`.
+      num_records: records in the set (counted from the shards' headers or
+        read from the tfds metadata).
+    """
+
+    spec: str
+    files: tuple = ()
+    tfds_name: str = ""
+    tfds_split: str = ""
+    data_dir: str | None = None
+    num_records: int = 0
+
+    @property
+    def is_tfds(self) -> bool:
+        return bool(self.tfds_name)
+
+
+def _tfds_source(key: str, spec: str, data_dir: str | None) -> RecordSource:
+    parts = spec[len(TFDS_PREFIX) :].split(":", 1)  # the split may hold ":" (train[:10%])
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"data.{key}={spec!r} is not a tfds split; expected tfds:NAME:SPLIT, "
+            "e.g. tfds:cifar10:train or tfds:imagenet2012:train[:10%]"
+        )
+    name, split = parts
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ConfigError(f"data.{key}={spec!r}: tfds has no dataset {name!r}") from e
+    try:
+        try:
+            num = builder.info.splits[split].num_examples
+        except KeyError:  # no split metadata (e.g. tfds mock data): ask the dataset
+            num = int(builder.as_dataset(split=split).cardinality())
+            if num < 0:
+                raise
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(
+            f"data.{key}={spec!r}: split {split!r} is not available in {builder.data_dir!r} "
+            f"(prepared splits: {sorted(builder.info.splits.keys()) or 'none'}; prepare the "
+            f"dataset with tfds first, data_dir from data.path): {e}"
+        ) from e
+    return RecordSource(spec, (), name, split, data_dir, int(num))
+
+
+def record_source(key: str, spec: str, data_dir: str | None = None) -> RecordSource:
+    """Resolves one `data.<key>` value: a folder or glob of shards, or tfds:NAME:SPLIT.
+
+    Raises:
+      ConfigError: a malformed tfds spec, an unknown dataset or split, or a
+        folder/glob that matches no shard (the message names the key).
+    """
+    if spec.startswith(TFDS_PREFIX):
+        return _tfds_source(key, spec, data_dir)
+    try:
+        files = records.list_files(spec)
+    except FileNotFoundError as e:
+        raise ConfigError(
+            f"data.{key}={spec!r} matches no TFRecord shard; expected a folder of "
+            "*.tfrecord shards, a glob such as /data/train-*, or tfds:NAME:SPLIT"
+        ) from e
+    return RecordSource(spec, tuple(files), num_records=sum(map(records.count_records, files)))
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamingData:
+    """The streamed sets of a run; `unlabeled` is None when not given.
+
+    `pseudo_labeled` is a tools/filter_balance.py output folder the first
+    student trains from instead of a teacher's labels (config
+    `data.pseudo_labeled`), or "".
+    """
+
+    labeled: RecordSource
+    unlabeled: RecordSource | None
+    test: RecordSource
+    num_classes: int
+    image_size: int
+    pseudo_labeled: str = ""
+
+    @property
+    def num_labeled(self) -> int:
+        return self.labeled.num_records
+
+    def summary(self) -> str:
+        unlabeled = self.unlabeled.num_records if self.unlabeled else 0
+        return (
+            f"{self.labeled.num_records} labeled, {unlabeled} unlabeled, "
+            f"{self.test.num_records} test records (streamed at {self.image_size} px), "
+            f"{self.num_classes} classes"
+        )
+
+
+def is_stream_mode(data_config) -> bool:
+    """True when `data.labeled` names the labeled set (the streamed protocol)."""
+    return bool(data_config.get("labeled", ""))
+
+
+def validate_stream_config(data_config) -> None:
+    """Rejects mixed or incomplete data settings before anything is read.
+
+    Raises:
+      ConfigError: naming the key; e.g. `data.unlabeled` without
+        `data.labeled`, or `data.labeled` together with an in-memory
+        `data.source` other than the default.
+    """
+    given = [k for k in (*STREAM_KEYS, "pseudo_labeled") if data_config.get(k, "")]
+    if not is_stream_mode(data_config):
+        if given:
+            raise ConfigError(
+                f"data.{given[0]} is set but data.labeled is not; the streamed protocol "
+                "names its labeled set with data.labeled (a folder, glob or tfds:NAME:SPLIT)"
+            )
+        return
+    if data_config.source not in ("digits", "stream"):
+        raise ConfigError(
+            f"data.source={data_config.source!r} and data.labeled both name the data; "
+            "use data.labeled/unlabeled/test alone (streams) or data.source alone (in memory)"
+        )
+    if not data_config.get("test", ""):
+        raise ConfigError("data.test is empty; the streamed protocol needs a test set")
+    if data_config.num_classes < 2:
+        raise ConfigError(f"data.num_classes must be >= 2, got {data_config.num_classes}")
+    if data_config.image_size < 8:
+        raise ConfigError(
+            f"data.image_size must be the model's input side (>= 8), got {data_config.image_size}"
+        )
+
+
+def load_streams(data_config) -> StreamingData:
+    """Resolves `data.labeled`, `data.unlabeled`, `data.test` (see `record_source`).
+
+    Only shard headers are read (to count records); images are read later,
+    by tf.data. `data.path` is the tfds data_dir.
+    """
+    validate_stream_config(data_config)
+    data_dir = data_config.get("path") or None
+    sources = {
+        key: record_source(key, data_config[key], data_dir) if data_config.get(key, "") else None
+        for key in STREAM_KEYS
+    }
+    for key in ("labeled", "test"):
+        if sources[key].num_records == 0:
+            raise ConfigError(f"data.{key}={data_config[key]!r} holds no records")
+    pseudo = data_config.get("pseudo_labeled", "")
+    if pseudo and not tf.io.gfile.isdir(pseudo):
+        raise ConfigError(
+            f"data.pseudo_labeled={pseudo!r} is not a folder (expected the --output_dir "
+            "of tools/filter_balance.py)"
+        )
+    return StreamingData(
+        sources["labeled"],
+        sources["unlabeled"],
+        sources["test"],
+        int(data_config.num_classes),
+        int(data_config.image_size),
+        pseudo,
+    )
+
+
+def load(data_config) -> SemiSupervisedData | StreamingData:
+    """In-memory data or streams, whichever the config names (see module docstring)."""
+    if is_stream_mode(data_config):
+        return load_streams(data_config)
+    validate_stream_config(data_config)
+    return load_source(data_config)
+
+
+def cacheable(source: RecordSource, image_size: int, limit_bytes: int) -> bool:
+    """Whether a set's decoded images at `image_size` fit in `limit_bytes` of host memory."""
+    return source.num_records * image_size * image_size * 3 <= limit_bytes
+
+
+def steps_per_epoch(num_labeled: int, batch_size: int) -> int:
+    """One pass over the labeled set, rounded up (at least one step)."""
+    return max(math.ceil(num_labeled / batch_size), 1)

@@ -1,10 +1,27 @@
-"""The iterative Noisy Student loop (paper, Algorithm 1).
+"""The iterative Noisy Student loop (paper, Algorithm 1), as a list of resumable stages.
 
-  iteration 0: train a noised teacher on the labeled images.
-  iteration i: the previous model, un-noised, labels the unlabeled pool;
+  iteration 0: train a noised teacher on the labeled images (or load one:
+               `teacher_checkpoint`).
+  iteration i: the previous model, un-noised, labels the unlabeled set;
                the labels are filtered by confidence and balanced per class;
                an equal-or-larger noised student trains on labeled +
                pseudo-labeled images; it becomes the next teacher.
+
+Two data modes (data/sources.py). In memory (`data.source`: digits, a shard
+folder, tfds): the sets are uint8 arrays, labeling is `predict` + the
+in-memory selection (or, with `pseudo.via_records`, the record stages on
+shards of the pool). Streamed (`data.labeled`, `data.unlabeled`,
+`data.test`): every set is read by tf.data, each iteration labels the
+unlabeled shards with `labeling.shards`, filters and balances them with the
+Beam pipeline and the student streams the balanced shards
+(record_stages.py). `data.pseudo_labeled` starts from a filter_balance
+output folder instead: no teacher stage, the first student trains on it.
+
+Every stage writes its outputs and a manifest into --workdir (stages.py): a
+rerun with the same --workdir reuses finished models, labeled and balanced
+shards, resumes a model killed in the middle of fit() from its last
+checkpoint (resume.py, `train.save_every_steps`), and stops with a
+ConfigError naming the key when an output was made with other settings.
 
 Everything is configured by one ml_collections ConfigDict (see
 experiments/configs/digits.py for every key). `run` returns the results
@@ -26,15 +43,22 @@ from absl import logging
 
 from noisy_student_tf import evaluation, labeling
 from noisy_student_tf.cli import ConfigError
-from noisy_student_tf.data import pipeline, schema
+from noisy_student_tf.data import pipeline, records, schema, sources
 from noisy_student_tf.data import preprocess as preprocessing
-from noisy_student_tf.data.sources import SemiSupervisedData
+from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
 from noisy_student_tf.labeling.select import validate_balance
 from noisy_student_tf.models import build_efficientnet, load_checkpoint
-from noisy_student_tf.training import progress
+from noisy_student_tf.training import progress, record_stages, resume, stages
 from noisy_student_tf.training.noisy_student import NoisyStudent, smooth
 from noisy_student_tf.training.optimization import build_optimizer
+from noisy_student_tf.training.results import format_table, plot
 from noisy_student_tf.training.strategy import get_strategy
+
+__all__ = ["build_model", "format_table", "run", "train_one", "validate_config"]
+
+# Decoded labeled images (S x S x 3 bytes each) a streamed run keeps in host
+# memory with tf.data's cache(); larger labeled sets are re-read every epoch.
+LABELED_CACHE_BYTES = 1 << 30
 
 
 def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
@@ -100,6 +124,49 @@ def validate_config(config, num_replicas: int | None = None) -> None:
         magnitude = config[role].randaugment_magnitude
         if not 0 <= magnitude <= 30:
             raise ConfigError(f"{role}.randaugment_magnitude must be in [0, 30], got {magnitude}")
+    if config.train.get("save_every_steps", 0) < 0:
+        raise ConfigError(
+            f"train.save_every_steps must be >= 0 (0: no checkpoint during fit), got "
+            f"{config.train.save_every_steps}"
+        )
+    _validate_data_mode(config)
+
+
+def _validate_data_mode(config) -> None:
+    """Settings that do not go together with the data mode (streamed or in memory)."""
+    data = config.data
+    sources.validate_stream_config(data)
+    if not sources.is_stream_mode(data):
+        return
+    for mode in ("online", "via_records"):
+        if config.pseudo[mode]:
+            raise ConfigError(
+                f"pseudo.{mode} is for in-memory data; with data.labeled the pseudo "
+                f"labels always go through records (set pseudo.{mode}=False)"
+            )
+    folder = data.get("pseudo_labeled", "")
+    if not folder:
+        if not data.get("unlabeled", "") and config.num_iterations > 0:
+            raise ConfigError(
+                "data.unlabeled is empty but num_iterations > 0: a student needs an "
+                "unlabeled set (or data.pseudo_labeled, a filter_balance output folder)"
+            )
+        return
+    if config.get("teacher_checkpoint", ""):
+        raise ConfigError(
+            "data.pseudo_labeled and teacher_checkpoint are exclusive: with a "
+            "filter_balance output folder there is no teacher stage"
+        )
+    if config.num_iterations < 1:
+        raise ConfigError(
+            "data.pseudo_labeled trains a student; num_iterations must be >= 1, got "
+            f"{config.num_iterations}"
+        )
+    if config.num_iterations > 1 and not data.get("unlabeled", ""):
+        raise ConfigError(
+            f"num_iterations={config.num_iterations} needs data.unlabeled for the students "
+            "after the first (data.pseudo_labeled feeds only the first)"
+        )
 
 
 def _is_saved_model(path: str) -> bool:
@@ -169,39 +236,46 @@ def train_preprocess(model_config, image_size: int, seed: int):
 def train_one(
     config,
     strategy,
-    data: SemiSupervisedData,
+    labeled,
+    num_labeled: int,
+    num_classes: int,
+    image_size: int,
     model_config,
     epochs: int,
     seed: int,
-    unlabeled: tf.data.Dataset | None = None,
+    unlabeled: tf.data.Dataset | tuple | np.ndarray | None = None,
     teacher: keras.Model | None = None,
     name: str = "model",
     log_dir: str | None = None,
-) -> keras.Model:
-    """Trains one noised model with fit(); returns it holding its EMA weights.
+    checkpoint_dir: str | None = None,
+) -> tuple[keras.Model, dict]:
+    """Trains one noised model with fit(); returns it holding its EMA weights, and step counts.
 
-    `unlabeled` is the student's unbatched pseudo-labeled stream (see
-    `pseudo_labeled_stream`); None trains on labeled images only (a teacher).
-    `name` labels its progress lines; `log_dir`, if set, receives its
-    TensorBoard scalars (loss terms, accuracy, learning rate per epoch).
+    Args:
+      labeled: (uint8 images, labels) arrays or an unbatched (image, label)
+        stream (`pipeline.source_records`).
+      num_labeled: labeled images; one epoch is one pass over them.
+      unlabeled: the student's unbatched pseudo-labeled source (see
+        `pseudo_labeled_stream`, `record_stages.balanced_stream`); None
+        trains on labeled images only (a teacher).
+      name: labels its progress lines.
+      log_dir: if set, receives TensorBoard scalars (loss terms, accuracy,
+        learning rate per epoch).
+      checkpoint_dir: where the fit's state is saved every
+        `train.save_every_steps` steps and restored from on a rerun
+        (resume.py); None saves nothing.
+
+    Returns:
+      (student, {"steps", "resumed_from_step", "final_step"}).
     """
     train = config.train
-    image_size = data.test_images.shape[1]
-    steps = train.steps_per_epoch or math.ceil(len(data.labeled_labels) / train.batch_size)
-    ds = pipeline.training_dataset(
-        (data.labeled_images, data.labeled_labels),
-        train.batch_size,
-        unlabeled,
-        unlabeled_ratio=config.pseudo.unlabeled_ratio if unlabeled is not None else 0,
-        preprocess=train_preprocess(model_config, image_size, seed),
-        online_teacher=config.pseudo.online,
-        seed=seed,
-    )
+    steps = train.steps_per_epoch or math.ceil(num_labeled / train.batch_size)
+    total = steps * epochs
     with strategy.scope():
-        student = build_model(model_config, data.num_classes, image_size)
+        student = build_model(model_config, num_classes, image_size)
         model = NoisyStudent(
             student,
-            data.num_classes,
+            num_classes,
             unlabeled_ratio=config.pseudo.unlabeled_ratio,
             label_smoothing=train.label_smoothing,
             weight_decay=train.weight_decay,
@@ -210,27 +284,54 @@ def train_one(
             ema_decay=train.ema_decay,
         )
         # Schedule epochs are the official float N / B; fit's epochs are whole steps.
-        schedule_epoch = train.steps_per_epoch or len(data.labeled_labels) / train.batch_size
+        schedule_epoch = train.steps_per_epoch or num_labeled / train.batch_size
         model.compile(
             optimizer=build_optimizer(
-                train, train.batch_size, schedule_epoch, epochs, total_steps=steps * epochs
+                train, train.batch_size, schedule_epoch, epochs, total_steps=total
             ),
             jit_compile=config.jit_compile,
         )
-    callbacks = []
+        # Slots exist before a checkpoint is restored into them.
+        model.optimizer.build(model.trainable_variables)
+    checkpoint = resume.FitCheckpoint(checkpoint_dir, model) if checkpoint_dir else None
+    start = checkpoint.restore() if checkpoint else 0
+    if start:
+        print(f"   {name}: resumed from its checkpoint at step {start} of {total}", flush=True)
+    ds = pipeline.training_dataset(
+        labeled,
+        train.batch_size,
+        unlabeled,
+        unlabeled_ratio=config.pseudo.unlabeled_ratio if unlabeled is not None else 0,
+        preprocess=train_preprocess(model_config, image_size, seed),
+        online_teacher=config.pseudo.online,
+        seed=seed,
+        start_batch=start,
+    )
+    callbacks = [resume.StopAtStep(total)]
+    if checkpoint is not None and train.get("save_every_steps", 0):
+        callbacks.append(resume.SaveEverySteps(checkpoint, train.save_every_steps))
     if config.verbose == 1:
-        callbacks.append(progress.ProgressLines(name, epochs * steps))
+        callbacks.append(progress.ProgressLines(name, total - start))
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
-    model.fit(
-        ds,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        verbose=2 if config.verbose == 2 else 0,
-        callbacks=callbacks,
-        shuffle=False,
-    )
-    return student
+    if start < total:
+        model.fit(
+            ds,
+            epochs=epochs,
+            initial_epoch=start // steps,
+            steps_per_epoch=steps,
+            verbose=2 if config.verbose == 2 else 0,
+            callbacks=callbacks,
+            shuffle=False,
+        )
+    elif model.average is not None:  # killed after its last step: only the average is left
+        model.average.copy_to_variables(strategy)
+    info = {"steps": total, "resumed_from_step": start, "final_step": checkpoint_step(model)}
+    return student, info
+
+
+def checkpoint_step(model: keras.Model) -> int:
+    return int(model.optimizer.iterations.numpy())
 
 
 def _pool_key(index: int) -> bytes:
@@ -238,126 +339,68 @@ def _pool_key(index: int) -> bytes:
     return f"pool/{index:08d}".encode()
 
 
-def pseudo_labeled_stream(
-    config,
-    data: SemiSupervisedData,
-    probs: np.ndarray,
-    selection,
-    teacher_path: str,
-    workdir: str,
-    iteration: int,
-) -> tuple | np.ndarray | tf.data.Dataset:
-    """The student's unlabeled source, in the mode `pseudo` selects.
+def pseudo_labeled_stream(config, data: SemiSupervisedData, probs: np.ndarray, selection):
+    """The student's unlabeled source for in-memory data, in the mode `pseudo` selects.
 
     offline (default): (selected pool images, targets made from the
       teacher's stored probabilities), in memory.
     online: the selected pool images alone; the frozen teacher computes the
       targets inside the train step.
-    via_records: the JFT-scale path, through the same library code as
-      tools/: the pool is written as source shards, the teacher checkpoint
-      labels them (labeling.shards), Apache Beam filters and balances them
-      (labeling.beam_filter) and the student reads the output shards.
+    (via_records goes through the record stages instead, see `_record_labels`.)
     """
     pseudo = config.pseudo
     if pseudo.online:
         return data.unlabeled_images[selection.indices]
-    if not pseudo.via_records:
-        targets = labeling.training_targets(
-            probs[selection.indices], pseudo.soft, pseudo.temperature, config.train.label_smoothing
-        )
-        return data.unlabeled_images[selection.indices], targets
-    from noisy_student_tf.data import ingest, records
-    from noisy_student_tf.labeling import beam_filter, shards
+    targets = labeling.training_targets(
+        probs[selection.indices], pseudo.soft, pseudo.temperature, config.train.label_smoothing
+    )
+    return data.unlabeled_images[selection.indices], targets
 
-    # The loop does not resume, so every stage starts clean: label_shards
-    # skips complete shards, which would otherwise keep an earlier run's labels.
+
+def _pool_files(data: SemiSupervisedData, workdir: str) -> list[str]:
+    """The in-memory pool written once as source shards (pseudo.via_records), reused on rerun."""
+    from noisy_student_tf.data import ingest
+
     pool_dir = os.path.join(workdir, "pool")
-    labeled_dir = os.path.join(workdir, f"iteration_{iteration - 1}_labeled")
-    for stale in (pool_dir, labeled_dir):
-        if tf.io.gfile.exists(stale):
-            tf.io.gfile.rmtree(stale)
-    items = (
-        (schema.encode_png(image), schema.UNLABELED, _pool_key(i))
-        for i, image in enumerate(data.unlabeled_images)
-    )
-    ingest.write_source_shards(items, pool_dir, num_shards=4, prefix="pool")
-    shards.label_shards(
-        teacher_path,
-        records.list_files(os.path.join(pool_dir, "pool-*")),
-        labeled_dir,
-        soft=pseudo.soft,
-        temperature=pseudo.temperature,
-        verbose=0,
-    )
-    pseudo_dir = os.path.join(workdir, f"iteration_{iteration - 1}_pseudo")
-    beam_filter.run_filter_balance(
-        records.list_files(os.path.join(labeled_dir, "labeled-*")),
-        pseudo_dir,
-        data.num_classes,
-        pseudo.threshold,
-        pseudo.images_per_class,
-        num_output_shards=4,
-        seed=config.seed + iteration - 1,
-        balance=pseudo.get("balance", "exact"),
-    )
-    stream = pipeline.pseudo_labeled_records(
-        records.list_files(os.path.join(pseudo_dir, "pseudo-*")),
-        data.num_classes,
-        data.test_images.shape[1],
-        seed=config.seed + iteration,
-        small_image=config.student.small_image,
-    )
-    if not pseudo.soft:  # stored one-hot; smooth like real labels (official main.py)
-        eps = config.train.label_smoothing
-        stream = stream.map(lambda x, t: (x, smooth(t, eps)))
-    return stream
-
-
-def _plot(rows: list, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(
-        [r["iteration"] for r in rows],
-        [100 * r["test_top1"] for r in rows],
-        "o-",
-        label="test top-1",
-    )
-    ax.plot(
-        [r["iteration"] for r in rows],
-        [100 * r["pseudo_label_accuracy"] for r in rows],
-        "s--",
-        label="pseudo-label accuracy (pool)",
-    )
-    ax.set_xticks(
-        [r["iteration"] for r in rows],
-        [("teacher" if r["role"] == "teacher" else f"student {r['iteration']}") for r in rows],
-    )
-    ax.set_ylabel("accuracy (%)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def format_table(rows: list) -> str:
-    """A plain-text table of the results rows."""
-    lines = [
-        f"{'model':<12}{'architecture':<34}{'test top-1':>11}{'pseudo acc':>11}"
-        f"{'kept':>7}{'dropped':>8}{'wall s':>8}"
-    ]
-    for r in rows:
-        name = "teacher" if r["role"] == "teacher" else f"student {r['iteration']}"
-        lines.append(
-            f"{name:<12}{r['architecture']:<34}{100 * r['test_top1']:>10.2f}%"
-            f"{100 * r['pseudo_label_accuracy']:>10.2f}%{r['kept']:>7}"
-            f"{r['dropped']:>8}{r['wall_s']:>8.1f}"
+    digest = records.content_digest(data.unlabeled_images)
+    stage = stages.Stage(os.path.join(pool_dir, record_stages.STAGE_FILE), "the pool's shards")
+    settings = {"pool_images": digest, "num_shards": 4}
+    if not stage.complete(settings):
+        stage.start(settings)
+        items = (
+            (schema.encode_png(image), schema.UNLABELED, _pool_key(i))
+            for i, image in enumerate(data.unlabeled_images)
         )
-    return "\n".join(lines)
+        ingest.write_source_shards(items, pool_dir, num_shards=4, prefix="pool")
+        stage.finish({})
+    return records.list_files(os.path.join(pool_dir, "pool-*"))
+
+
+def _record_labels(
+    config, strategy, workdir, iteration, teacher_path, fingerprint, files, spec, num_classes
+):
+    """Label -> filter/balance of `files` by model `iteration`; returns (pseudo dir, manifest)."""
+    labeled_dir = os.path.join(workdir, f"iteration_{iteration}_labeled")
+    pseudo_dir = os.path.join(workdir, f"iteration_{iteration}_pseudo")
+    record_stages.label(
+        teacher_path,
+        fingerprint,
+        files,
+        labeled_dir,
+        config.pseudo,
+        strategy,
+        config.train.eval_batch_size,
+        spec,
+    )
+    manifest = record_stages.filter_balance(
+        labeled_dir,
+        pseudo_dir,
+        num_classes,
+        config.pseudo,
+        config.seed + iteration,
+        fingerprint,
+    )
+    return pseudo_dir, manifest
 
 
 def _describe(model_config) -> str:
@@ -367,19 +410,98 @@ def _describe(model_config) -> str:
     return text + (" small" if model_config.small_image else "")
 
 
+def _fingerprint(path: str) -> str:
+    from noisy_student_tf.labeling.shards import teacher_fingerprint
+
+    return teacher_fingerprint(path)
+
+
+class _Data:
+    """What the loop needs of either data mode (arrays or streams)."""
+
+    def __init__(self, data, config, workdir: str):
+        self.data = data
+        self.streamed = isinstance(data, StreamingData)
+        self.num_classes = data.num_classes
+        self.config = config
+        self.workdir = workdir
+        if self.streamed:
+            self.image_size = data.image_size
+            self.num_labeled = data.num_labeled
+            self.pseudo_folder = data.pseudo_labeled
+            self.has_unlabeled = data.unlabeled is not None
+        else:
+            self.image_size = int(data.test_images.shape[1])
+            self.num_labeled = len(data.labeled_labels)
+            self.pseudo_folder = ""
+            self.has_unlabeled = True
+
+    def labeled(self, model_config, seed: int):
+        if not self.streamed:
+            return self.data.labeled_images, self.data.labeled_labels
+        source = self.data.labeled
+        small = model_config.small_image
+        if source.is_tfds:
+            return pipeline.tfds_records(
+                source.tfds_name,
+                source.tfds_split,
+                self.image_size,
+                source.data_dir,
+                small,
+                shuffle_files=True,
+                seed=seed,
+            )
+        return pipeline.source_records(
+            source.files,
+            self.image_size,
+            seed=seed,
+            small_image=small,
+            cache=sources.cacheable(source, self.image_size, LABELED_CACHE_BYTES),
+        )
+
+    def test_top1(self, model: keras.Model, small_image: bool) -> float:
+        batch = self.config.train.eval_batch_size
+        if not self.streamed:
+            return evaluation.top1_accuracy(
+                model, self.data.test_images, self.data.test_labels, batch
+            )
+        batches = record_stages.eval_batches(self.data.test, self.image_size, batch, small_image)
+        return record_stages.streamed_top1(model, batches)
+
+
+def _model_settings(config, iteration: int, previous: str) -> dict:
+    """What a model stage depends on: the config (a teacher: not the student or
+    pseudo blocks) and the content of what it learned from."""
+    exclude = ("student", "pseudo", "teacher_checkpoint") if iteration == 0 else ()
+    return {
+        **stages.flat_settings(config, exclude),
+        "iteration": iteration,
+        "learned_from": previous,
+    }
+
+
 def run(
-    config, workdir: str, data: SemiSupervisedData, strategy: tf.distribute.Strategy | None = None
+    config,
+    workdir: str,
+    data: SemiSupervisedData | StreamingData,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
     """Runs teacher + `num_iterations` students; writes checkpoints, plot, SavedModel.
 
-    Returns {"models": [row per model], "config": resolved config}; see
-    README for the row fields.
+    Resumable: rerun with the same `workdir` after a kill (see the module
+    docstring). Returns {"models": [row per model], "config": resolved
+    config}; see training/results.py for the row fields.
     """
     validate_config(config)
     # Multi-worker and TPU strategies must exist before other TF ops run, so
     # scripts create them first (see experiments/noisy_student.py).
     strategy = strategy or get_strategy(config.strategy, config.tpu_address)
     validate_config(config, strategy.num_replicas_in_sync)
+    if isinstance(data, StreamingData) != sources.is_stream_mode(config.data):
+        raise ConfigError(
+            "the data passed to loop.run does not match config.data (load it with "
+            "noisy_student_tf.data.sources.load(config.data))"
+        )
     if not strategy.extended.should_checkpoint:
         # Every worker must run the saves (they are collective), but only the
         # chief's land in --workdir; the others write to a scratch folder.
@@ -391,73 +513,90 @@ def run(
     if config.get("deterministic"):
         # Bit-identical reruns: deterministic kernels (slower; see README).
         tf.config.experimental.enable_op_determinism()
-    image_size = data.test_images.shape[1]
+    sets = _Data(data, config, workdir)
+    image_size, num_classes = sets.image_size, sets.num_classes
     loaded_from = config.get("teacher_checkpoint", "")
     loaded = load_teacher_checkpoint(loaded_from, image_size) if loaded_from else None
-    check_student_size(
-        loaded if loaded is not None else build_model(config.teacher, data.num_classes, image_size),
-        build_model(config.student, data.num_classes, image_size),
-        config.allow_smaller_student,
-    )
+    if not sets.pseudo_folder:
+        check_student_size(
+            loaded if loaded is not None else build_model(config.teacher, num_classes, image_size),
+            build_model(config.student, num_classes, image_size),
+            config.allow_smaller_student,
+        )
     logging.info("data: %s", data.summary())
 
     # Carried from one iteration to the next: the model that just trained,
-    # its pool predictions, their selection and its checkpoint.
-    rows, model, probs, selection, teacher_path = [], None, None, None, ""
-    for iteration in range(config.num_iterations + 1):
+    # its checkpoint and fingerprint, and the labels it gave (in memory:
+    # probabilities and selection; streamed: the balanced shards' folder).
+    rows, model, probs, selection = [], None, None, None
+    teacher_path, fingerprint, pseudo_dir = "", "", ""
+    if sets.pseudo_folder:
+        pseudo_dir = sets.pseudo_folder
+        fingerprint = _fingerprint(os.path.join(pseudo_dir, "manifest.json"))
+    first = 1 if sets.pseudo_folder else 0
+    for iteration in range(first, config.num_iterations + 1):
         role = "teacher" if iteration == 0 else "student"
         model_config = config.teacher if iteration == 0 else config.student
         name = "teacher" if iteration == 0 else f"student {iteration}"
-        log_dir = os.path.join(workdir, "tensorboard", f"iteration_{iteration}_{role}")
+        stem = os.path.join(workdir, f"iteration_{iteration}_{role}")
         start = time.time()
         if iteration == 0 and loaded is not None:
             print(f"== iteration 0: teacher loaded from {loaded_from}", flush=True)
             model = loaded
+            teacher_path, fingerprint = _keep_loaded_teacher(model, loaded_from, stem)
+            wall = time.time() - start
         else:
-            unlabeled, epochs, on = None, config.train.teacher_epochs, ""
-            if iteration > 0:
-                if len(selection.indices) == 0:
-                    raise ConfigError(
-                        f"no unlabeled image reached pseudo.threshold={config.pseudo.threshold} "
-                        f"after iteration {iteration - 1}; lower the threshold or train the "
-                        f"teacher longer (train.teacher_epochs)"
+            stage = stages.Stage(stem + ".json", name)
+            settings = _model_settings(config, iteration, fingerprint)
+            if stage.complete(settings) and os.path.exists(stem + ".keras"):
+                print(f"== iteration {iteration}: {name} reused from {stem}.keras", flush=True)
+                model = load_checkpoint(stem + ".keras")
+                wall = stage.manifest["wall_s"]
+            else:
+                stage.start(settings)
+                unlabeled, epochs, on = None, config.train.teacher_epochs, ""
+                if iteration > 0:
+                    unlabeled, count = _student_source(
+                        config,
+                        sets,
+                        probs,
+                        selection,
+                        pseudo_dir,
+                        iteration,
+                        strategy,
+                        teacher_path,
+                        fingerprint,
                     )
-                unlabeled = pseudo_labeled_stream(
-                    config, data, probs, selection, teacher_path, workdir, iteration
+                    epochs = config.train.student_epochs
+                    on = f" + {count} pseudo-labeled"
+                print(
+                    f"== iteration {iteration}: {role} {_describe(model_config)} on "
+                    f"{sets.num_labeled} labeled{on} images",
+                    flush=True,
                 )
-                epochs = config.train.student_epochs
-                on = f" + {len(selection.indices)} pseudo-labeled"
-            print(
-                f"== iteration {iteration}: {role} {_describe(model_config)} on "
-                f"{len(data.labeled_labels)} labeled{on} images",
-                flush=True,
-            )
-            model = train_one(
-                config,
-                strategy,
-                data,
-                model_config,
-                epochs,
-                seed=config.seed + iteration,
-                unlabeled=unlabeled,
-                teacher=model,
-                name=name,
-                log_dir=log_dir,
-            )
-        wall = time.time() - start
-        # The model, un-noised, labels the pool (for the next student, and to
-        # report how good its labels are), then the labels are filtered.
-        probs = labeling.predict_probabilities(
-            model, data.unlabeled_images, config.train.eval_batch_size, verbose=0
-        )
-        selection = labeling.filter_and_balance(
-            probs,
-            config.pseudo.threshold,
-            config.pseudo.images_per_class,
-            seed=config.seed + iteration,
-            balance=config.pseudo.get("balance", "exact"),
-            keys=[_pool_key(i) for i in range(len(probs))],
-        )
+                model, info = train_one(
+                    config,
+                    strategy,
+                    sets.labeled(model_config, config.seed + iteration),
+                    sets.num_labeled,
+                    num_classes,
+                    image_size,
+                    model_config,
+                    epochs,
+                    seed=config.seed + iteration,
+                    unlabeled=unlabeled,
+                    teacher=model,
+                    name=name,
+                    log_dir=os.path.join(workdir, "tensorboard", f"iteration_{iteration}_{role}"),
+                    checkpoint_dir=stem + ".ckpt",
+                )
+                wall = time.time() - start
+                model.save(stem + ".keras")
+                stage.finish({"wall_s": round(wall, 1), **info})
+                if tf.io.gfile.exists(stem + ".ckpt"):
+                    tf.io.gfile.rmtree(stem + ".ckpt")
+            teacher_path = stem + ".keras"
+            fingerprint = _fingerprint(teacher_path)
         row = {
             "role": role,
             "iteration": iteration,
@@ -467,38 +606,146 @@ def run(
                 else _describe(model_config)
             ),
             "parameters": int(model.count_params()),
-            "test_top1": evaluation.top1_accuracy(
-                model, data.test_images, data.test_labels, config.train.eval_batch_size
-            ),
-            "pseudo_label_accuracy": evaluation.agreement(probs, data.unlabeled_labels),
-            "kept": selection.num_kept_unique,
-            "dropped": selection.num_in - selection.num_kept_unique,
-            "dropped_below_threshold": selection.num_below_threshold,
+            "test_top1": sets.test_top1(model, model_config.small_image),
+            "pseudo_label_accuracy": float("nan"),
+            "kept": None,
+            "dropped": None,
+            "dropped_below_threshold": None,
             "wall_s": round(wall, 1),
         }
-        rows.append(row)
-        print(
-            f"   test top-1 {100 * row['test_top1']:.2f}%, pseudo-label accuracy "
-            f"{100 * row['pseudo_label_accuracy']:.2f}%, kept {row['kept']} / "
-            f"{selection.num_in}",
-            flush=True,
-        )
-        if iteration == 0 and loaded is not None and _is_saved_model(loaded_from):
-            teacher_path = loaded_from  # a SavedModel teacher labels as it is
+        # The model, un-noised, labels the unlabeled set (for the next
+        # student, and to report how good its labels are); they are filtered.
+        if sets.streamed:
+            if sets.has_unlabeled:
+                files = record_stages.source_files(data.unlabeled, workdir)
+                pseudo_dir, manifest = _record_labels(
+                    config,
+                    strategy,
+                    workdir,
+                    iteration,
+                    teacher_path,
+                    fingerprint,
+                    files,
+                    data.unlabeled.spec,
+                    num_classes,
+                )
+                summary = record_stages.selection_summary(manifest)
+                row["pseudo_label_accuracy"] = record_stages.pseudo_label_accuracy(
+                    os.path.join(workdir, f"iteration_{iteration}_labeled")
+                )
+                _fill_counts(row, summary, workdir, iteration)
         else:
-            teacher_path = os.path.join(workdir, f"iteration_{iteration}_{role}.keras")
-            model.save(teacher_path)
-        with open(os.path.join(workdir, f"iteration_{iteration}_selection.json"), "w") as f:
-            json.dump(selection.manifest(), f, indent=1)
-        # The pool's probabilities, for confidence histograms and counts
-        # before balancing (experiments/report.py); 4 bytes per class per image.
-        np.save(os.path.join(workdir, f"iteration_{iteration}_pool_probabilities.npy"), probs)
+            probs = labeling.predict_probabilities(
+                model, data.unlabeled_images, config.train.eval_batch_size, verbose=0
+            )
+            selection = labeling.filter_and_balance(
+                probs,
+                config.pseudo.threshold,
+                config.pseudo.images_per_class,
+                seed=config.seed + iteration,
+                balance=config.pseudo.get("balance", "exact"),
+                keys=[_pool_key(i) for i in range(len(probs))],
+            )
+            row["pseudo_label_accuracy"] = evaluation.agreement(probs, data.unlabeled_labels)
+            _fill_counts(row, selection.manifest(), workdir, iteration)
+            # The pool's probabilities, for confidence histograms and counts
+            # before balancing (experiments/report.py); 4 bytes per class per image.
+            np.save(os.path.join(workdir, f"iteration_{iteration}_pool_probabilities.npy"), probs)
+        rows.append(row)
+        _print_row(row)
 
     evaluation.export_saved_model(
         model, os.path.join(workdir, "saved_model"), small_image=config.student.small_image
     )
-    _plot(rows, os.path.join(workdir, "accuracy.png"))
+    plot(rows, os.path.join(workdir, "accuracy.png"))
     results = {"models": rows, "config": config.to_dict()}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
+
+
+def _keep_loaded_teacher(model: keras.Model, loaded_from: str, stem: str) -> tuple[str, str]:
+    """(checkpoint the labeling reads, its fingerprint) for a `teacher_checkpoint`.
+
+    A SavedModel labels as it is; anything else is saved once as
+    iteration_0_teacher.keras (a rerun keeps that file, so its fingerprint,
+    which the later stages were made with, stays the same).
+    """
+    source = _fingerprint(loaded_from)
+    if _is_saved_model(loaded_from):
+        return loaded_from, source
+    stage = stages.Stage(stem + ".json", "teacher")
+    settings = {"teacher_checkpoint": loaded_from, "teacher_checkpoint_fingerprint": source}
+    if not (stage.complete(settings) and os.path.exists(stem + ".keras")):
+        stage.start(settings)
+        model.save(stem + ".keras")
+        stage.finish({"wall_s": 0.0})
+    return stem + ".keras", _fingerprint(stem + ".keras")
+
+
+def _student_source(
+    config, sets, probs, selection, pseudo_dir, iteration, strategy, teacher_path, fingerprint
+):
+    """(the student's unbatched unlabeled source, its size) for iteration `iteration`."""
+    if sets.streamed:
+        stream, count = record_stages.balanced_stream(
+            pseudo_dir,
+            sets.num_classes,
+            sets.image_size,
+            config.seed + iteration,
+            config.student.small_image,
+        )
+    elif config.pseudo.via_records:
+        # The in-memory pool through the tools' library code: source shards
+        # -> labeling.shards -> labeling.beam_filter -> the balanced stream.
+        files = _pool_files(sets.data, sets.workdir)
+        folder, _ = _record_labels(
+            config,
+            strategy,
+            sets.workdir,
+            iteration - 1,
+            teacher_path,
+            fingerprint,
+            files,
+            "pool",
+            sets.num_classes,
+        )
+        stream, count = record_stages.balanced_stream(
+            folder,
+            sets.num_classes,
+            sets.image_size,
+            config.seed + iteration,
+            config.student.small_image,
+        )
+    else:
+        if len(selection.indices) == 0:
+            raise ConfigError(
+                f"no unlabeled image reached pseudo.threshold={config.pseudo.threshold} "
+                f"after iteration {iteration - 1}; lower the threshold or train the "
+                f"teacher longer (train.teacher_epochs)"
+            )
+        return pseudo_labeled_stream(config, sets.data, probs, selection), len(selection.indices)
+    if not config.pseudo.soft:  # stored one-hot; smooth like real labels (official main.py)
+        eps = config.train.label_smoothing
+        stream = stream.map(lambda x, t: (x, smooth(t, eps)))
+    return stream, count
+
+
+def _fill_counts(row: dict, summary: dict, workdir: str, iteration: int) -> None:
+    """Kept/dropped into the row; the per-class counts into iteration_I_selection.json."""
+    row["kept"] = summary["kept_unique"]
+    row["dropped"] = summary["in"] - summary["kept_unique"]
+    row["dropped_below_threshold"] = summary["dropped_below_threshold"]
+    with open(os.path.join(workdir, f"iteration_{iteration}_selection.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+
+
+def _print_row(row: dict) -> None:
+    text = f"   test top-1 {100 * row['test_top1']:.2f}%"
+    if row["kept"] is not None:
+        accuracy = row["pseudo_label_accuracy"]
+        shown = "n/a (no true labels)" if math.isnan(accuracy) else f"{100 * accuracy:.2f}%"
+        text += (
+            f", pseudo-label accuracy {shown}, kept {row['kept']} / {row['kept'] + row['dropped']}"
+        )
+    print(text, flush=True)

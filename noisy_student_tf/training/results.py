@@ -1,0 +1,68 @@
+"""The loop's results: one row per model, printed as a table and plotted.
+
+Row keys (results.json `models`): role, iteration, architecture, parameters,
+test_top1, pseudo_label_accuracy (NaN where the unlabeled set has no true
+labels), kept, dropped, dropped_below_threshold (None where the model did
+not label an unlabeled set), wall_s.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def _percent(value, width: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'-':>{width}}"
+    return f"{100 * value:>{width - 1}.2f}%"
+
+
+def _count(value, width: int) -> str:
+    return f"{'-' if value is None else value:>{width}}"
+
+
+def model_name(row: dict) -> str:
+    return "teacher" if row["role"] == "teacher" else f"student {row['iteration']}"
+
+
+def format_table(rows: list) -> str:
+    """A plain-text table of the results rows."""
+    lines = [
+        f"{'model':<12}{'architecture':<34}{'test top-1':>11}{'pseudo acc':>11}"
+        f"{'kept':>7}{'dropped':>8}{'wall s':>8}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{model_name(r):<12}{r['architecture']:<34}{_percent(r['test_top1'], 11)}"
+            f"{_percent(r['pseudo_label_accuracy'], 11)}{_count(r['kept'], 7)}"
+            f"{_count(r['dropped'], 8)}{r['wall_s']:>8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list, path: str) -> None:
+    """accuracy.png: test top-1 and pseudo-label accuracy per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def percent(value):
+        return float("nan") if value is None else 100 * value
+
+    x = [r["iteration"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(x, [percent(r["test_top1"]) for r in rows], "o-", label="test top-1")
+    ax.plot(
+        x,
+        [percent(r["pseudo_label_accuracy"]) for r in rows],
+        "s--",
+        label="pseudo-label accuracy (pool)",
+    )
+    ax.set_xticks(x, [model_name(r) for r in rows])
+    ax.set_ylabel("accuracy (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,398 @@
+"""The streamed protocol end to end, through the commands a user runs.
+
+Tiny record folders: a labeled set (3 classes), a separate unlabeled set
+(images of those classes mixed with images of two other classes, no labels
+except where a test says so) and a test set, all 16 px PNGs in the record
+schema. The loop runs on them in a fresh process (experiments/noisy_student.py),
+then the at-scale recipe's other commands run on what it wrote.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from noisy_student_tf.data import ingest, records, schema, sources
+from noisy_student_tf.training import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE, CLASSES = 16, 3
+
+
+def _image(rng, cls):
+    """A 16 px image whose mean brightness per channel says its class (learnable)."""
+    base = np.zeros((SIZE, SIZE, 3), np.uint8)
+    base[..., cls % 3] = 120 + 40 * (cls // 3)
+    return np.clip(base + rng.integers(0, 60, base.shape), 0, 255).astype(np.uint8)
+
+
+def write_set(folder, prefix, classes, labels_known, num_shards, rng, per_class):
+    items = []
+    for cls in classes:
+        for i in range(per_class):
+            label = cls if labels_known else schema.UNLABELED
+            items.append(
+                (schema.encode_png(_image(rng, cls)), label, f"{prefix}/{cls}/{i}".encode())
+            )
+    rng.shuffle(items)
+    ingest.write_source_shards(items, str(folder), num_shards, prefix=prefix)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def record_sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sets")
+    rng = np.random.default_rng(0)
+    return {
+        "labeled": write_set(root / "labeled", "train", range(CLASSES), True, 2, rng, 6),
+        # Two classes the labeled set does not have, mixed in, no labels.
+        "unlabeled": write_set(root / "unlabeled", "pool", range(5), False, 6, rng, 6),
+        "test": write_set(root / "test", "test", range(CLASSES), True, 1, rng, 4),
+    }
+
+
+def stream_flags(sets, workdir, *extra):
+    return [
+        "--config=experiments/configs/digits.py:smoke",
+        f"--config.data.labeled={sets['labeled']}",
+        f"--config.data.unlabeled={sets['unlabeled']}",
+        f"--config.data.test={sets['test']}",
+        f"--config.data.num_classes={CLASSES}",
+        f"--config.data.image_size={SIZE}",
+        "--config.teacher.width_coefficient=0.1",
+        "--config.teacher.depth_coefficient=0.1",
+        "--config.student.width_coefficient=0.1",
+        "--config.student.depth_coefficient=0.1",
+        "--config.train.batch_size=4",
+        "--config.pseudo.unlabeled_ratio=2",
+        "--config.pseudo.images_per_class=4",
+        "--config.pseudo.num_output_shards=2",
+        f"--workdir={workdir}",
+        *extra,
+    ]
+
+
+def run_script(script, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *args],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def stream_run(record_sets, tmp_path_factory):
+    """One streamed loop (teacher + 1 student) through the main script; its workdir."""
+    workdir = tmp_path_factory.mktemp("stream_run")
+    proc = run_script("experiments/noisy_student.py", *stream_flags(record_sets, workdir))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return str(workdir), proc.stdout
+
+
+def _keys(files):
+    keys = []
+    for path in files:
+        for raw in records.read_records(path):
+            keys.append(tf.train.Example.FromString(raw).features.feature[schema.KEY])
+    return [k.bytes_list.value[0] for k in keys]
+
+
+def _teacher_probs(labeled_dir):
+    """{record key: teacher/probs} of a folder of labeled shards."""
+    out = {}
+    for path in records.list_files(os.path.join(labeled_dir, "labeled-*")):
+        for raw in records.read_records(path):
+            feature = tf.train.Example.FromString(raw).features.feature
+            out[feature[schema.KEY].bytes_list.value[0]] = list(
+                feature[schema.TEACHER_PROBS].float_list.value
+            )
+    return out
+
+
+def _source_keys(folder):
+    return sorted(_keys(records.list_files(folder)))
+
+
+def test_streamed_loop_labels_filters_and_trains_from_record_folders(record_sets, stream_run):
+    workdir, stdout = stream_run
+    results = json.loads(open(os.path.join(workdir, "results.json")).read())
+    teacher, student = results["models"]
+    assert (teacher["role"], student["role"]) == ("teacher", "student")
+    # The same row keys as the in-memory path.
+    assert set(teacher) == {
+        "role", "iteration", "architecture", "parameters", "test_top1",
+        "pseudo_label_accuracy", "kept", "dropped", "dropped_below_threshold", "wall_s",
+    }  # fmt: skip
+    # Every unlabeled record was labeled exactly once, by each model.
+    for i in (0, 1):
+        labeled = records.list_files(os.path.join(workdir, f"iteration_{i}_labeled", "labeled-*"))
+        assert len(labeled) == 6
+        assert sorted(_keys(labeled)) == _source_keys(record_sets["unlabeled"])
+    # The selection report is the Beam manifest's, and the balanced shards hold it.
+    beam = json.loads(open(os.path.join(workdir, "iteration_0_pseudo", "manifest.json")).read())
+    selection = json.loads(open(os.path.join(workdir, "iteration_0_selection.json")).read())
+    assert teacher["kept"] == beam["kept_unique"] == selection["kept_unique"]
+    assert teacher["dropped"] == beam["in"] - beam["kept_unique"] and beam["in"] == 30
+    # Balanced: K = 4 copies of every class the teacher predicted at all.
+    assert {c["copies"] for c in selection["per_class"] if c["candidates"]} == {4}
+    pseudo = records.list_files(os.path.join(workdir, "iteration_0_pseudo", "pseudo-*"))
+    assert sum(map(records.count_records, pseudo)) == beam["out_records"] >= 4
+    # No true labels in the unlabeled set: no pseudo-label accuracy to report.
+    assert np.isnan(teacher["pseudo_label_accuracy"])
+    # The student trained on exactly those records.
+    assert f"+ {beam['out_records']} pseudo-labeled" in stdout
+    assert os.path.exists(os.path.join(workdir, "saved_model", "saved_model.pb"))
+
+
+def test_pseudo_label_accuracy_counts_records_with_true_labels(record_sets, stream_run, tmp_path):
+    from noisy_student_tf.training import record_stages
+
+    workdir, _ = stream_run
+    labeled_dir = os.path.join(workdir, "iteration_0_labeled")
+    assert np.isnan(record_stages.pseudo_label_accuracy(labeled_dir))
+    # Give half the records true labels and compare with a count by hand.
+    out = tmp_path / "labeled"
+    out.mkdir()
+    truth, agree = 0, 0
+    for path in records.list_files(os.path.join(labeled_dir, "labeled-*")):
+        with tf.io.TFRecordWriter(str(out / os.path.basename(path))) as writer:
+            for i, raw in enumerate(records.read_records(path)):
+                example = tf.train.Example.FromString(raw)
+                if i % 2 == 0:
+                    example.features.feature[schema.LABEL].int64_list.value[:] = [i % CLASSES]
+                    truth += 1
+                    teacher = example.features.feature[schema.TEACHER_LABEL].int64_list.value[0]
+                    agree += teacher == i % CLASSES
+                writer.write(example.SerializeToString())
+    assert record_stages.pseudo_label_accuracy(str(out)) == pytest.approx(agree / truth)
+
+
+def test_student_from_a_filter_balance_folder(record_sets, stream_run, tmp_path):
+    """The recipe's tools on the loop's teacher, then one student from their output."""
+    workdir, _ = stream_run
+    teacher = os.path.join(workdir, "iteration_0_teacher.keras")
+    labeled, pseudo = tmp_path / "labeled", tmp_path / "pseudo"
+    proc = run_script(
+        "tools/label.py",
+        f"--input={record_sets['unlabeled']}",
+        f"--output_dir={labeled}",
+        f"--teacher={teacher}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script(
+        "tools/filter_balance.py",
+        f"--input={labeled}",
+        f"--output_dir={pseudo}",
+        "--threshold=0",
+        "--images_per_class=5",
+        "--num_output_shards=2",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    student_dir = tmp_path / "student"
+    proc = run_script(
+        "experiments/noisy_student.py",
+        *stream_flags(
+            record_sets,
+            student_dir,
+            "--config.data.unlabeled=",
+            f"--config.data.pseudo_labeled={pseudo}",
+            "--config.num_iterations=1",
+            "--config.train.teacher_epochs=10000",  # minutes, if a teacher were trained
+        ),
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (row,) = json.loads((student_dir / "results.json").read_text())["models"]
+    assert row["role"] == "student" and row["iteration"] == 1 and row["kept"] is None
+    out_records = json.loads((pseudo / "manifest.json").read_text())["out_records"]
+    assert f"+ {out_records} pseudo-labeled" in proc.stdout
+    assert not list(student_dir.glob("iteration_0_*"))
+    manifest = json.loads((student_dir / "iteration_1_student.json").read_text())
+    assert manifest["settings"]["learned_from"].startswith("sha256:")
+    # Label again with the student's exported SavedModel (the recipe's last step).
+    again = tmp_path / "labeled_by_student"
+    proc = run_script(
+        "tools/label.py",
+        f"--input={record_sets['unlabeled']}",
+        f"--output_dir={again}",
+        f"--teacher={student_dir / 'saved_model'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(_keys(records.list_files(str(again / "labeled-*")))) == _source_keys(
+        record_sets["unlabeled"]
+    )
+    # A folder for other classes is refused before training, in one line.
+    proc = run_script(
+        "experiments/noisy_student.py",
+        *stream_flags(
+            record_sets,
+            tmp_path / "bad",
+            "--config.data.unlabeled=",
+            f"--config.data.pseudo_labeled={pseudo}",
+            "--config.data.num_classes=4",
+            "--config.num_iterations=1",
+        ),
+    )
+    assert proc.returncode == 2 and "holds pseudo labels over 3 classes" in proc.stderr
+
+
+def test_streamed_loop_from_a_teacher_checkpoint(record_sets, stream_run, tmp_path):
+    workdir, _ = stream_run
+    config = loop_config(record_sets)
+    config.teacher_checkpoint = os.path.join(workdir, "iteration_0_teacher.keras")
+    config.train.teacher_epochs = 10_000  # would take minutes if the teacher were trained
+    results = loop.run(config, str(tmp_path), sources.load(config.data))
+    before = json.loads(open(os.path.join(workdir, "results.json")).read())["models"][0]
+    teacher, student = results["models"]
+    assert teacher["architecture"] == "loaded iteration_0_teacher.keras"
+    assert teacher["test_top1"] == before["test_top1"] and teacher["kept"] == before["kept"]
+    # The loaded teacher's labels are the first run's, record for record.
+    ours = _teacher_probs(str(tmp_path / "iteration_0_labeled"))
+    theirs = _teacher_probs(os.path.join(workdir, "iteration_0_labeled"))
+    assert sorted(ours) == sorted(theirs) and len(ours) == 30
+    for key, probs in ours.items():
+        np.testing.assert_allclose(probs, theirs[key], atol=1e-6)
+    assert student["role"] == "student"
+
+
+def loop_config(sets):
+    sys.path.insert(0, os.path.join(ROOT, "experiments", "configs"))
+    import digits
+
+    config = digits.get_config("smoke")
+    config.data.labeled, config.data.unlabeled = sets["labeled"], sets["unlabeled"]
+    config.data.test, config.data.num_classes, config.data.image_size = sets["test"], 3, SIZE
+    for block in (config.teacher, config.student):
+        block.width_coefficient, block.depth_coefficient = 0.1, 0.1
+    config.train.batch_size = 4
+    config.pseudo.unlabeled_ratio = 2
+    config.pseudo.images_per_class = 4
+    config.pseudo.num_output_shards = 2
+    return config
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("labeled", "/nonexistent/train-*", "data.labeled='/nonexistent/train-\\*' matches no"),
+        ("test", "tfds:cifar10", "expected tfds:NAME:SPLIT"),
+        ("unlabeled", "tfds:no_such_dataset_xyz:train", "tfds has no dataset"),
+    ],
+)
+def test_bad_stream_specs_are_config_errors(record_sets, key, value, match):
+    config = loop_config(record_sets)
+    config.data[key] = value
+    with pytest.raises(sources.ConfigError, match=match):
+        sources.load(config.data)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"data.source": "tfrecord"}, "data.source='tfrecord' and data.labeled both"),
+        ({"data.labeled": "", "data.source": "digits"}, "data.unlabeled is set but data.labeled"),
+        ({"pseudo.via_records": True}, "pseudo.via_records is for in-memory data"),
+        ({"data.unlabeled": ""}, "a student needs an unlabeled set"),
+    ],
+)
+def test_mixed_modes_are_config_errors(record_sets, overrides, match):
+    config = loop_config(record_sets)
+    for key, value in overrides.items():
+        block, name = key.split(".")
+        config[block][name] = value
+    with pytest.raises(sources.ConfigError, match=match):
+        loop.validate_config(config)
+
+
+def _wait_for(predicate, proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.005)
+    return False
+
+
+def _start(args):
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "experiments/noisy_student.py"), *args],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+def _listing(workdir):
+    out = set()
+    for path in glob.glob(os.path.join(workdir, "**"), recursive=True):
+        rel = os.path.relpath(path, workdir)
+        if os.path.isfile(path) and not rel.startswith("tensorboard"):
+            out.add(rel)
+    return out
+
+
+def test_sigkill_in_labeling_and_in_fit_then_rerun_resumes(record_sets, stream_run, tmp_path):
+    reference, _ = stream_run
+    workdir = str(tmp_path / "run")
+    args = stream_flags(
+        record_sets,
+        workdir,
+        "--config.train.student_epochs=40",  # 80 steps: long enough to be killed in
+        "--config.train.save_every_steps=5",
+    )
+    labeled_dir = os.path.join(workdir, "iteration_0_labeled")
+
+    # 1. Killed while the teacher labels the unlabeled shards.
+    proc = _start(args)
+    in_labeling = _wait_for(lambda: glob.glob(os.path.join(labeled_dir, "*.tmp-*")), proc)
+    _kill(proc)
+    assert in_labeling, "the run ended before labeling started"
+    assert not os.path.exists(os.path.join(labeled_dir, "manifest.json")) or not json.loads(
+        open(os.path.join(labeled_dir, "manifest.json")).read()
+    ).get("complete")
+
+    # 2. Rerun: killed in the middle of the student's fit, after a checkpoint.
+    ckpt = os.path.join(workdir, "iteration_1_student.ckpt")
+    proc = _start(args)
+    in_fit = _wait_for(lambda: tf.train.latest_checkpoint(ckpt) is not None, proc)
+    _kill(proc)
+    assert in_fit, "the rerun ended before the student's first checkpoint"
+    assert not os.path.exists(os.path.join(workdir, "iteration_1_student.keras"))
+    saved_step = int(tf.train.latest_checkpoint(ckpt).rsplit("-", 1)[1])
+    assert 0 < saved_step < 80
+
+    # 3. Rerun to the end.
+    proc = _start(args)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    assert "teacher reused" in stdout
+    manifest = json.loads(open(os.path.join(workdir, "iteration_1_student.json")).read())
+    assert manifest["resumed_from_step"] >= saved_step > 0
+    assert manifest["final_step"] == manifest["steps"] == 80
+    assert f"resumed from its checkpoint at step {manifest['resumed_from_step']} of 80" in stdout
+    # Same outputs as an uninterrupted run, no leftovers, no record lost or doubled.
+    assert _listing(workdir) == _listing(reference)
+    labeled = records.list_files(os.path.join(labeled_dir, "labeled-*"))
+    assert sorted(_keys(labeled)) == _source_keys(record_sets["unlabeled"])
+    beam = json.loads(open(os.path.join(workdir, "iteration_0_pseudo", "manifest.json")).read())
+    pseudo = records.list_files(os.path.join(workdir, "iteration_0_pseudo", "pseudo-*"))
+    assert len(_keys(pseudo)) == beam["out_records"] >= 4
+    assert set(_keys(pseudo)) <= set(_keys(labeled))
