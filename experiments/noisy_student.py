@@ -26,6 +26,7 @@ from absl import flags, logging
 from noisy_student_tf import cli
 from noisy_student_tf.data import sources
 from noisy_student_tf.training import get_strategy, loop
+from noisy_student_tf.training.strategy import worker_failures_reported
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
 _CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "ml_collections config file.")
@@ -41,13 +42,15 @@ def main(argv):
     strategy = get_strategy(config.strategy, config.tpu_address)  # before other TF ops
     loop.validate_config(config, strategy.num_replicas_in_sync)
     data = sources.load(config.data)  # arrays, or streams with data.labeled
-    results = loop.run(config, _WORKDIR.value, data, strategy)
+    with worker_failures_reported(strategy):  # a dead worker: one clear error, not a hang
+        results = loop.run(config, _WORKDIR.value, data, strategy)
     print()
     print(loop.format_table(results["models"]))
-    print(
-        f"\nwrote {os.path.join(_WORKDIR.value, 'results.json')} "
-        f"({time.time() - start:.0f} s in all)"
-    )
+    if strategy.extended.should_checkpoint:  # only the chief writes into --workdir
+        print(
+            f"\nwrote {os.path.join(_WORKDIR.value, 'results.json')} "
+            f"({time.time() - start:.0f} s in all)"
+        )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def smoke_workdir(tmp_path_factory):
     """The --workdir of one `digits.py:smoke` run of the main job, in a fresh process.
 
+    With `evaluate.robustness` on, so the run also writes its robustness report.
+
     Tests of the tools and reports use what the loop itself wrote
     (checkpoints, manifests, SavedModel), not stand-ins. About a minute, once
     per session.
@@ -49,6 +51,7 @@ def smoke_workdir(tmp_path_factory):
             sys.executable,
             os.path.join(REPO, "experiments", "noisy_student.py"),
             "--config=experiments/configs/digits.py:smoke",
+            "--config.evaluate.robustness=True",
             f"--workdir={workdir}",
         ],
         cwd=REPO,

@@ -8,7 +8,11 @@ this runs in its own process and prints one JSON line of findings:
   offline and online: final weights and losses of both runs;
 * a subclassed student with batch norm, unbuilt until fit(): it builds,
   trains, and its averaged statistics differ from the raw ones;
-* a NaN batch under the strategy: the step is skipped on both replicas.
+* a NaN batch under the strategy: the step is skipped on both replicas;
+* a student with synchronised batch norm (what EfficientNet's
+  `sync_batch_norm=True` builds), offline and online: the 2-replica step
+  equals the 1-replica step on the global batch, while the same model
+  without synchronisation differs (each replica normalises its half).
 """
 
 import json
@@ -48,6 +52,19 @@ class Subclassed(keras.Model):
     def call(self, x, training=False):
         x = self.norm(self.conv(x / 255.0), training=training)
         return self.head(tf.reduce_mean(x, axis=[1, 2]))
+
+
+def batch_norm_model(sync: bool):
+    """Conv-BN-pool-dense; BN momentum 0.5 so the moving statistics show each step."""
+
+    def build():
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.Conv2D(4, 3, padding="same")(inputs / 255.0)
+        x = keras.layers.BatchNormalization(momentum=0.5, synchronized=sync)(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(C)(x))
+
+    return build
 
 
 def batches(online: bool, nan: bool = False) -> tf.data.Dataset:
@@ -158,6 +175,21 @@ def main() -> None:
         "iterations_advanced": int(model.optimizer.iterations.numpy()) - iterations,
         "count": float(model.nonfinite_tracker.result()),
     }
+    # Synchronised batch norm: 2 replicas see the global batch's statistics.
+    for mode, online in (("offline", False), ("online", True)):
+        found = {}
+        for sync in (True, False):
+            keras.utils.set_random_seed(0)
+            initial = batch_norm_model(sync)().get_weights()
+            two, _, two_loss, _ = train(mirrored, batch_norm_model(sync), initial, online)
+            one, _, one_loss, _ = train(
+                tf.distribute.get_strategy(), batch_norm_model(sync), initial, online
+            )
+            key = "sync" if sync else "unsynced"
+            found[key] = max_difference(two.get_weights(), one.get_weights())
+            found[f"{key}_loss_two_vs_one"] = abs(two_loss[-1] - one_loss[-1])
+        found["weights_moved"] = max_difference(two.get_weights(), initial)
+        report[f"sync_batch_norm_{mode}"] = found
     json.dump(report, sys.stdout)
     print()
 

@@ -4,6 +4,7 @@ the paper's cited values hold, and its `smoke` variant runs through the loop."""
 import glob
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import tensorflow as tf
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
-from noisy_student_tf.models import VARIANTS
+from noisy_student_tf.models import VARIANTS, load_checkpoint
 from noisy_student_tf.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -289,7 +290,13 @@ def test_smoke_variant_runs_through_the_loop(tmp_path, spec, overrides):
         results = json.load(f)
     resolved = results["config"]
     roles = [row["role"] for row in results["models"]]
-    assert roles == ["teacher"] + ["student"] * resolved["num_iterations"]
+    fine_tuned = ["fine_tune"] if config.get("fine_tune") and config.fine_tune.enabled else []
+    assert roles == ["teacher"] + ["student"] * resolved["num_iterations"] + fine_tuned
+    if fine_tuned:
+        # The last stage: the student at the fine-tuning resolution, evaluated there.
+        model = load_checkpoint(str(workdir / "fine_tune_student.keras"))
+        assert model.input_shape[1] == config.fine_tune.image_size != size
+        assert not math.isnan(results["models"][-1]["test_top1"])
     assert resolved["teacher"]["architecture"] == config.teacher.architecture
     assert resolved["student"]["architecture"] == config.student.architecture
     assert resolved["data"]["image_size"] == size

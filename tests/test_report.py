@@ -62,3 +62,18 @@ def test_missing_run_is_one_error_line(tmp_path):
     proc = _report(f"--runs=x={tmp_path}/nope")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --runs:")
+
+
+def test_the_loop_writes_a_robustness_report_of_every_model(smoke_workdir):
+    with open(os.path.join(smoke_workdir, "results.json")) as f:
+        results = json.load(f)
+    robustness = results["robustness"]
+    assert list(robustness) == ["teacher", "student 1"]
+    # The teacher is the baseline: its mCE is 100 by definition.
+    assert robustness["teacher"]["mce"] == 100.0
+    for name, row in robustness.items():
+        assert set(row["fgsm"]) == {"2"}, name  # digits.py:smoke's eps
+    with open(os.path.join(smoke_workdir, "robustness", "report.json")) as f:
+        report = json.load(f)
+    assert [m["name"] for m in report["models"]] == ["teacher", "student 1"]
+    assert set(report["models"][0]["corruption"]) == {"gaussian_noise", "fog"}

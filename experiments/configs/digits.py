@@ -34,6 +34,9 @@ def model(dropout_rate=0.2, final_survival_prob=0.8, magnitude=9, flip=False, ex
             preprocess="official",
             flip=flip,  # horizontal flip: off for digits (as the official SVHN runs)
             extra_cutout=extra_cutout,  # official small-image Cutout of side size/2 after RandAugment
+            # all-reduce batch-norm moments across replicas (official utils.py
+            # TpuBatchNormalization, main.py --num_shards_per_group)
+            sync_batch_norm=False,
         )
     )
 
@@ -45,7 +48,10 @@ def get_config(arg=None):
     config.deterministic = False  # True: bit-identical reruns (deterministic kernels; slower)
     config.strategy = "default"  # default | mirrored | multi_worker | tpu
     config.tpu_address = ""
-    config.jit_compile = False  # XLA measured ~4x slower than eager graphs on CPU
+    # auto: bfloat16 + XLA on TPU, float16 + loss scaling + XLA on GPU, float32
+    # without XLA on CPU (training/precision.py; CPU figures in docs/results.md)
+    config.precision = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
+    config.jit_compile = "auto"  # auto | True | False
     config.num_iterations = 2  # students after the teacher (paper: 3)
     config.allow_smaller_student = False
     # A .keras file or exported SavedModel to use as the first teacher instead
@@ -117,6 +123,8 @@ def get_config(arg=None):
             # official filter_unlabel.py rule (raised per-class threshold, coin flips)
             balance="exact",  # balance every class to this many (paper: 130K)
             unlabeled_ratio=4,  # unlabeled batch = ratio x labeled batch (paper: 14, 28)
+            # one ratio per student overriding unlabeled_ratio (paper L2: 14, 14, 28); (): none
+            unlabeled_ratio_per_iteration=(),
             online=False,  # True: teacher runs inside the train step
             via_records=False,  # True: label/filter/balance through TFRecords + Beam (tools/)
             # Record path (via_records, streamed data): the k most probable
@@ -127,7 +135,25 @@ def get_config(arg=None):
         )
     )
 
+    # Every model of the run side by side: accuracy, calibration, the 15
+    # ImageNet-C corruptions, flip rates, FGSM/PGD (docs/evaluation.md), in
+    # WORKDIR/robustness/report.json; mCE/mFR relative to the teacher.
+    config.evaluate = ml_collections.ConfigDict(
+        dict(
+            robustness=False,
+            sample=200,  # seeded test images; 0 = all (200: a few minutes on CPU)
+            corruptions=(),  # () = all 15
+            severities=(1, 2, 3, 4, 5),
+            eps=(1, 2, 4, 8, 16),  # 0-255 pixels (paper, Figure 7)
+            pgd_steps=10,  # paper, section 3.3
+        )
+    )
+
     if arg == "smoke":
+        config.evaluate.sample = 16
+        config.evaluate.corruptions = ("gaussian_noise", "fog")
+        config.evaluate.eps = (2,)
+        config.evaluate.pgd_steps = 2
         config.num_iterations = 1
         config.train.teacher_epochs = 2
         config.train.student_epochs = 2

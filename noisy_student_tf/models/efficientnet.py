@@ -74,6 +74,11 @@ DEFAULT_OVERRIDES = {
     "batch_norm_momentum": 0.99,
     "batch_norm_epsilon": 1e-3,
     "depth_divisor": 8,
+    # Batch-norm statistics over the global batch instead of each replica's
+    # share: official noisystudent utils.py `TpuBatchNormalization` averages
+    # the moments across groups of `--num_shards_per_group` TPU cores (main.py),
+    # for large slices where each core's batch gets small.
+    "sync_batch_norm": False,
 }
 DEFAULT_FINAL_SURVIVAL_PROB = 0.8
 
@@ -310,7 +315,8 @@ def build_efficientnet(
             resolution (used when input_shape is None; 32 by default when
             small_image), small_image (bool: the official 32 px variant with
             stride 1 in stages 2 and 3), batch_norm_momentum,
-            batch_norm_epsilon, depth_divisor. None keeps the default.
+            batch_norm_epsilon, depth_divisor, sync_batch_norm (bool: batch-norm
+            statistics all-reduced across replicas). None keeps the default.
 
     Returns:
         A functional `keras.Model` named `name`: float32 (uint8 is cast) pixels
@@ -325,7 +331,10 @@ def build_efficientnet(
 
     def bn(layer_name):
         return keras.layers.BatchNormalization(
-            momentum=cfg["batch_norm_momentum"], epsilon=cfg["batch_norm_epsilon"], name=layer_name
+            momentum=cfg["batch_norm_momentum"],
+            epsilon=cfg["batch_norm_epsilon"],
+            synchronized=bool(cfg["sync_batch_norm"]),
+            name=layer_name,
         )
 
     inputs = keras.Input(shape=cfg["input_shape"], name="images")

@@ -30,6 +30,7 @@ dict that experiments/noisy_student.py writes to results.json.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -48,13 +49,20 @@ from noisy_student_tf.data import preprocess as preprocessing
 from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
 from noisy_student_tf.labeling.select import validate_balance
 from noisy_student_tf.models import build_efficientnet, load_checkpoint
-from noisy_student_tf.training import progress, record_stages, resume, stages
+from noisy_student_tf.training import (
+    fine_tune,
+    precision,
+    progress,
+    record_stages,
+    resume,
+    stages,
+)
 from noisy_student_tf.training.noisy_student import NoisyStudent, smooth
 from noisy_student_tf.training.optimization import build_optimizer
-from noisy_student_tf.training.results import format_table, plot
+from noisy_student_tf.training.results import format_table, plot, robustness
 from noisy_student_tf.training.strategy import get_strategy
 
-__all__ = ["build_model", "format_table", "run", "train_one", "validate_config"]
+__all__ = ["build_model", "format_table", "iteration_config", "run", "train_one", "validate_config"]
 
 # Decoded labeled images (S x S x 3 bytes each) a streamed run keeps in host
 # memory with tf.data's cache(); larger labeled sets are re-read every epoch.
@@ -74,6 +82,7 @@ def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
         dropout_rate=model_config.dropout_rate,
         final_survival_prob=model_config.final_survival_prob,
         small_image=model_config.small_image,
+        sync_batch_norm=model_config.get("sync_batch_norm", False),
         **overrides,
     )
 
@@ -91,6 +100,18 @@ def validate_config(config, num_replicas: int | None = None) -> None:
     ratio = config.pseudo.unlabeled_ratio
     if ratio < 1 or int(ratio) != ratio:
         raise ConfigError(f"pseudo.unlabeled_ratio must be an integer >= 1, got {ratio}")
+    ratios = tuple(config.pseudo.get("unlabeled_ratio_per_iteration", ()))
+    if ratios and len(ratios) != config.num_iterations:
+        raise ConfigError(
+            f"pseudo.unlabeled_ratio_per_iteration={ratios} has {len(ratios)} entries but "
+            f"num_iterations={config.num_iterations}; give one ratio per student, or () "
+            "to use pseudo.unlabeled_ratio for all"
+        )
+    for r in ratios:
+        if r < 1 or int(r) != r:
+            raise ConfigError(
+                f"pseudo.unlabeled_ratio_per_iteration entries must be integers >= 1, got {r}"
+            )
     if config.pseudo.soft and config.pseudo.temperature <= 0:
         raise ConfigError(f"pseudo.temperature must be > 0, got {config.pseudo.temperature}")
     if config.pseudo.online and config.pseudo.via_records:
@@ -130,6 +151,27 @@ def validate_config(config, num_replicas: int | None = None) -> None:
             f"{config.train.save_every_steps}"
         )
     _validate_data_mode(config)
+    fine_tune.validate(config, sources.is_stream_mode(config.data))
+    precision.resolve(
+        config.get("precision", "auto"),
+        config.get("jit_compile", "auto"),
+        "tpu" if config.strategy == "tpu" else "cpu",
+    )
+
+
+def iteration_config(config, iteration: int):
+    """The config iteration `iteration` trains with: per-student overrides applied.
+
+    `pseudo.unlabeled_ratio_per_iteration[i - 1]`, when set, is student i's
+    `pseudo.unlabeled_ratio` (the paper's L2 run: 14, 14, 28). The teacher
+    (iteration 0) and configs without overrides get `config` itself.
+    """
+    ratios = tuple(config.pseudo.get("unlabeled_ratio_per_iteration", ()))
+    if iteration == 0 or not ratios:
+        return config
+    config = copy.deepcopy(config)
+    config.pseudo.unlabeled_ratio = int(ratios[iteration - 1])
+    return config
 
 
 def _validate_data_mode(config) -> None:
@@ -248,6 +290,9 @@ def train_one(
     name: str = "model",
     log_dir: str | None = None,
     checkpoint_dir: str | None = None,
+    init_from: keras.Model | None = None,
+    frozen_blocks: int = 0,
+    schedule: tuple[float, int, int] | None = None,
 ) -> tuple[keras.Model, dict]:
     """Trains one noised model with fit(); returns it holding its EMA weights, and step counts.
 
@@ -264,15 +309,30 @@ def train_one(
       checkpoint_dir: where the fit's state is saved every
         `train.save_every_steps` steps and restored from on a rerun
         (resume.py); None saves nothing.
+      init_from: start from this model's weights (same architecture, any
+        input size) instead of a fresh initialization (fine-tuning).
+      frozen_blocks: with init_from, freeze the stem and this many blocks.
+      schedule: (epochs, total steps, step offset) of another run's
+        learning-rate schedule to follow instead of this run's own
+        (fine-tuning continues the student's schedule); epochs may be
+        fractional.
 
     Returns:
       (student, {"steps", "resumed_from_step", "final_step"}).
     """
     train = config.train
     steps = train.steps_per_epoch or math.ceil(num_labeled / train.batch_size)
-    total = steps * epochs
+    total = int(round(steps * epochs))
+    resolved = precision.resolve(
+        config.get("precision", "auto"),
+        config.get("jit_compile", "auto"),
+        precision.device_kind(strategy),
+    )
     with strategy.scope():
         student = build_model(model_config, num_classes, image_size)
+        if init_from is not None:
+            student.set_weights(init_from.get_weights())
+            fine_tune.freeze_shallow_layers(student, frozen_blocks)
         model = NoisyStudent(
             student,
             num_classes,
@@ -285,11 +345,18 @@ def train_one(
         )
         # Schedule epochs are the official float N / B; fit's epochs are whole steps.
         schedule_epoch = train.steps_per_epoch or num_labeled / train.batch_size
+        schedule_epochs, schedule_total, offset = schedule or (epochs, total, 0)
+        optimizer = build_optimizer(
+            train,
+            train.batch_size,
+            schedule_epoch,
+            schedule_epochs,
+            total_steps=schedule_total,
+            step_offset=offset,
+        )
         model.compile(
-            optimizer=build_optimizer(
-                train, train.batch_size, schedule_epoch, epochs, total_steps=total
-            ),
-            jit_compile=config.jit_compile,
+            optimizer=precision.wrap_optimizer(optimizer, resolved),
+            jit_compile=resolved.jit_compile,
         )
         # Slots exist before a checkpoint is restored into them.
         model.optimizer.build(model.trainable_variables)
@@ -317,7 +384,7 @@ def train_one(
     if start < total:
         model.fit(
             ds,
-            epochs=epochs,
+            epochs=math.ceil(epochs),
             initial_epoch=start // steps,
             steps_per_epoch=steps,
             verbose=2 if config.verbose == 2 else 0,
@@ -436,16 +503,17 @@ class _Data:
             self.pseudo_folder = ""
             self.has_unlabeled = True
 
-    def labeled(self, model_config, seed: int):
+    def labeled(self, model_config, seed: int, image_size: int | None = None):
         if not self.streamed:
             return self.data.labeled_images, self.data.labeled_labels
+        image_size = image_size or self.image_size
         source = self.data.labeled
         small = model_config.small_image
         if source.is_tfds:
             return pipeline.tfds_records(
                 source.tfds_name,
                 source.tfds_split,
-                self.image_size,
+                image_size,
                 source.data_dir,
                 small,
                 shuffle_files=True,
@@ -453,19 +521,20 @@ class _Data:
             )
         return pipeline.source_records(
             source.files,
-            self.image_size,
+            image_size,
             seed=seed,
             small_image=small,
-            cache=sources.cacheable(source, self.image_size, LABELED_CACHE_BYTES),
+            cache=sources.cacheable(source, image_size, LABELED_CACHE_BYTES),
         )
 
-    def test_top1(self, model: keras.Model, small_image: bool) -> float:
+    def test_top1(self, model: keras.Model, small_image: bool, image_size: int | None = None):
         batch = self.config.train.eval_batch_size
         if not self.streamed:
             return evaluation.top1_accuracy(
                 model, self.data.test_images, self.data.test_labels, batch
             )
-        batches = record_stages.eval_batches(self.data.test, self.image_size, batch, small_image)
+        size = image_size or self.image_size
+        batches = record_stages.eval_batches(self.data.test, size, batch, small_image)
         return record_stages.streamed_top1(model, batches)
 
 
@@ -497,6 +566,7 @@ def run(
     # scripts create them first (see experiments/noisy_student.py).
     strategy = strategy or get_strategy(config.strategy, config.tpu_address)
     validate_config(config, strategy.num_replicas_in_sync)
+    precision.configure(config, strategy)  # the global policy, before any model is built
     if isinstance(data, StreamingData) != sources.is_stream_mode(config.data):
         raise ConfigError(
             "the data passed to loop.run does not match config.data (load it with "
@@ -528,7 +598,7 @@ def run(
     # Carried from one iteration to the next: the model that just trained,
     # its checkpoint and fingerprint, and the labels it gave (in memory:
     # probabilities and selection; streamed: the balanced shards' folder).
-    rows, model, probs, selection = [], None, None, None
+    rows, model, probs, selection, trained = [], None, None, None, []
     teacher_path, fingerprint, pseudo_dir = "", "", ""
     if sets.pseudo_folder:
         pseudo_dir = sets.pseudo_folder
@@ -575,7 +645,7 @@ def run(
                     flush=True,
                 )
                 model, info = train_one(
-                    config,
+                    iteration_config(config, iteration),
                     strategy,
                     sets.labeled(model_config, config.seed + iteration),
                     sets.num_labeled,
@@ -652,16 +722,93 @@ def run(
             # before balancing (experiments/report.py); 4 bytes per class per image.
             np.save(os.path.join(workdir, f"iteration_{iteration}_pool_probabilities.npy"), probs)
         rows.append(row)
+        trained.append((name, teacher_path))
         _print_row(row)
 
+    if fine_tune.enabled(config):
+        model, teacher_path, wall = _fine_tune_stage(
+            config, strategy, sets, model, fingerprint, workdir
+        )
+        rows.append(_fine_tuned_row(config, model, sets, wall))
+        trained.append(("fine-tuned", teacher_path))
+        _print_row(rows[-1])
     evaluation.export_saved_model(
         model, os.path.join(workdir, "saved_model"), small_image=config.student.small_image
     )
     plot(rows, os.path.join(workdir, "accuracy.png"))
     results = {"models": rows, "config": config.to_dict()}
+    if config.get("evaluate") is not None and config.evaluate.robustness:
+        results["robustness"] = robustness(config, sets, data, trained, workdir)
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
+
+
+def _fine_tuned_row(config, model: keras.Model, sets, wall: float) -> dict:
+    """The fine-tuned student's results row: evaluated at its own resolution, labels nothing."""
+    size = config.fine_tune.image_size
+    return {
+        "role": "fine_tune",
+        "iteration": config.num_iterations + 1,
+        "architecture": f"{_describe(config.student)} at {size} px",
+        "parameters": int(model.count_params()),
+        "test_top1": sets.test_top1(model, config.student.small_image, size),
+        "pseudo_label_accuracy": float("nan"),
+        "kept": None,
+        "dropped": None,
+        "dropped_below_threshold": None,
+        "wall_s": round(wall, 1),
+    }
+
+
+def _fine_tune_stage(config, strategy, sets, student, fingerprint: str, workdir: str):
+    """The final student fine-tuned at test resolution (fine_tune.py); resumable like the others."""
+    block = config.fine_tune
+    stem = os.path.join(workdir, "fine_tune_student")
+    stage = stages.Stage(stem + ".json", "fine-tuning")
+    settings = _model_settings(config, config.num_iterations + 1, fingerprint)
+    if stage.complete(settings) and os.path.exists(stem + ".keras"):
+        print(f"== fine-tuning reused from {stem}.keras", flush=True)
+        return load_checkpoint(stem + ".keras"), stem + ".keras", stage.manifest["wall_s"]
+    stage.start(settings)
+    start = time.time()
+    train = config.train
+    steps = train.steps_per_epoch or math.ceil(sets.num_labeled / train.batch_size)
+    student_total = steps * train.student_epochs
+    ft_total = int(round(steps * block.epochs))
+    schedule = (train.student_epochs, student_total, max(student_total - ft_total, 0))
+    if not block.get("continue_schedule", True):
+        schedule = None
+    model_config = fine_tune.model_config(config)
+    print(
+        f"== fine-tuning: {_describe(model_config)} at {block.image_size} px, "
+        f"{block.epochs} epochs on {sets.num_labeled} labeled images, stem + "
+        f"{block.frozen_blocks} blocks frozen",
+        flush=True,
+    )
+    model, info = train_one(
+        config,
+        strategy,
+        sets.labeled(model_config, config.seed + 1000, block.image_size),
+        sets.num_labeled,
+        sets.num_classes,
+        block.image_size,
+        model_config,
+        block.epochs,
+        seed=config.seed + 1000,
+        name="fine-tuning",
+        log_dir=os.path.join(workdir, "tensorboard", "fine_tune"),
+        checkpoint_dir=stem + ".ckpt",
+        init_from=student,
+        frozen_blocks=block.frozen_blocks,
+        schedule=schedule,
+    )
+    model.save(stem + ".keras")
+    wall = time.time() - start
+    stage.finish({"wall_s": round(wall, 1), **info})
+    if tf.io.gfile.exists(stem + ".ckpt"):
+        tf.io.gfile.rmtree(stem + ".ckpt")
+    return model, stem + ".keras", wall
 
 
 def _keep_loaded_teacher(model: keras.Model, loaded_from: str, stem: str) -> tuple[str, str]:

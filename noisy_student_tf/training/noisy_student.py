@@ -25,6 +25,11 @@ batch-norm statistics is updated (ema.py, as the official code keeps it);
 the next teacher are the averaged ones. A step whose loss or gradients are
 not finite is skipped on every path, XLA included, counted as
 `nonfinite_steps`, and ends `fit()` with an error (nonfinite.py).
+
+Under a mixed-precision policy (precision.py) the student computes in
+bfloat16 or float16, while logits, targets, losses, weights and the moving
+average stay float32; with float16 the optimizer is a LossScaleOptimizer,
+which owns skipping overflowing gradients.
 """
 
 from __future__ import annotations
@@ -175,11 +180,16 @@ class NoisyStudent(keras.Model):
         return self.student(inputs, training=training)
 
     def compute_losses(self, data: dict, training: bool = True):
-        """Returns (total, labeled, unlabeled, labeled logits) for one batch."""
+        """Returns (total, labeled, unlabeled, labeled logits) for one batch.
+
+        Logits, targets and losses are float32 whatever the student's dtype
+        policy (a float16 softmax over 1000 classes loses the small
+        probabilities the soft targets carry).
+        """
         images, labels = data["images"], data["labels"]
         batch = tf.shape(images)[0]
         if "unlabeled_images" not in data:
-            logits = self.student(images, training=training)
+            logits = tf.cast(self.student(images, training=training), "float32")
             lab_logits, unl_loss = logits, tf.constant(0.0)
         else:
             if "unlabeled_targets" in data:
@@ -191,19 +201,24 @@ class NoisyStudent(keras.Model):
                         "has no teacher to compute them"
                     )
                 teacher_logits = tf.stop_gradient(
-                    self.teacher(data["unlabeled_teacher_images"], training=False)
+                    tf.cast(
+                        self.teacher(data["unlabeled_teacher_images"], training=False), "float32"
+                    )
                 )
                 targets = teacher_targets(teacher_logits, self.temperature, self.label_smoothing)
-            logits = self.student(
-                tf.concat([images, data["unlabeled_images"]], 0), training=training
+            logits = tf.cast(
+                self.student(tf.concat([images, data["unlabeled_images"]], 0), training=training),
+                "float32",
             )
             lab_logits, unl_logits = logits[:batch], logits[batch:]
-            unl_loss = _cross_entropy(tf.cast(targets, unl_logits.dtype), unl_logits)
-        one_hot = tf.one_hot(labels, self.num_classes, dtype=lab_logits.dtype)
+            unl_loss = _cross_entropy(tf.cast(targets, "float32"), unl_logits)
+        one_hot = tf.one_hot(labels, self.num_classes, dtype="float32")
         lab_loss = _cross_entropy(smooth(one_hot, self.label_smoothing), lab_logits)
         total = lab_loss + self.unlabeled_ratio * unl_loss
         if self.weight_decay and self._decayed:
-            total += self.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in self._decayed])
+            total += self.weight_decay * tf.add_n(
+                [tf.nn.l2_loss(tf.cast(v.value, "float32")) for v in self._decayed]
+            )
         return total, lab_loss, unl_loss, lab_logits
 
     def _build_on_first_trace(self, data: dict, optimizer: bool) -> None:
@@ -213,6 +228,15 @@ class NoisyStudent(keras.Model):
             self.build(data["images"].shape)
         if optimizer and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # fit() has built the wrapper, the average and the optimizer under
+        # the strategy; Keras's symbolic build would then only reduce a
+        # first batch across replicas, which fails under
+        # MultiWorkerMirroredStrategy (keras-team/keras#20585).
+        if self.built and (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
         data = _as_batch(data)
@@ -256,7 +280,12 @@ class NoisyStudent(keras.Model):
         self.labeled_loss_tracker.update_state(lab_loss)
         self.unlabeled_loss_tracker.update_state(unl_loss)
         self.accuracy.update_state(labels, lab_logits)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces multi-worker logs with reduce("MEAN", axis=0),
+            # which rejects scalars; a [1] vector reduces to the scalar.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
 
     def fit(self, *args, **kwargs):
         """keras.Model.fit, plus: stops on a non-finite step, ends holding the average.

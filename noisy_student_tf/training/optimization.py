@@ -50,6 +50,10 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
       schedule: "exponential", "cosine" or "constant".
       decay_rate: exponential only; factor per `decay_epochs`.
       decay_epochs: exponential only; staircase period in epochs.
+      step_offset: the schedule is read at step + step_offset, so a stage
+        can continue where another's schedule stands (the fine-tuning stage
+        runs on the last steps of the student's schedule, as the official
+        --train_last_step_num did).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         schedule: str = "exponential",
         decay_rate: float = DECAY_RATE,
         decay_epochs: float = DECAY_EPOCHS,
+        step_offset: int = 0,
     ):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
@@ -73,12 +78,13 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.schedule = schedule
         self.decay_rate = float(decay_rate)
         self.decay_epochs = float(decay_epochs)
+        self.step_offset = int(step_offset)
         self.warmup_steps = int(self.warmup_epochs * self.steps_per_epoch)
         # A float, as tf.train.exponential_decay received it (official utils.py).
         self.decay_steps = max(self.decay_epochs * self.steps_per_epoch, 1.0)
 
     def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
+        step = keras.ops.cast(step, "float32") + self.step_offset
         warm = self.peak * step / max(self.warmup_steps, 1)
         after = keras.ops.maximum(step - self.warmup_steps, 0.0)
         if self.schedule == "exponential":
@@ -102,6 +108,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "schedule": self.schedule,
             "decay_rate": self.decay_rate,
             "decay_epochs": self.decay_epochs,
+            "step_offset": self.step_offset,
         }
 
 
@@ -131,6 +138,7 @@ def build_optimizer(
     steps_per_epoch: float,
     epochs: int,
     total_steps: int | None = None,
+    step_offset: int = 0,
 ) -> keras.optimizers.Optimizer:
     """The optimizer a config's `train` block describes (no moving average).
 
@@ -153,6 +161,7 @@ def build_optimizer(
       epochs: epochs of the run.
       total_steps: steps the run really takes (cosine reaches 0 there);
         defaults to round(steps_per_epoch * epochs).
+      step_offset: read the schedule this many steps later (WarmupSchedule).
 
     Raises:
       ConfigError: an unknown optimizer or schedule, or a decay setting out
@@ -195,6 +204,7 @@ def build_optimizer(
         schedule=schedule,
         decay_rate=decay_rate,
         decay_epochs=decay_epochs,
+        step_offset=step_offset,
     )
     if name == "rmsprop":
         return keras.optimizers.RMSprop(lr, rho=0.9, momentum=0.9, epsilon=1e-3)

@@ -9,6 +9,7 @@ not label an unlabeled set), wall_s.
 from __future__ import annotations
 
 import math
+import os
 
 
 def _percent(value, width: int) -> str:
@@ -22,6 +23,8 @@ def _count(value, width: int) -> str:
 
 
 def model_name(row: dict) -> str:
+    if row["role"] == "fine_tune":
+        return "fine-tuned"
     return "teacher" if row["role"] == "teacher" else f"student {row['iteration']}"
 
 
@@ -66,3 +69,61 @@ def plot(rows: list, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def robustness(config, sets, data, trained: list, workdir: str) -> dict:
+    """Every model of the run side by side on a seeded test sample (docs/evaluation.md).
+
+    `config.evaluate.robustness` turns it on. The teacher is the baseline, so
+    the students' mCE and mFR read relative to it (100 = as robust as the
+    teacher). Full report and plots: WORKDIR/robustness/.
+
+    Args:
+      sets: the loop's view of the data (streamed or in memory).
+      data: what `data.sources.load` returned.
+      trained: (name, checkpoint path) per model, in loop order.
+    """
+    import functools
+
+    from noisy_student_tf import evaluation
+    from noisy_student_tf.evaluation import corruptions, datasets
+
+    settings = config.evaluate
+    if sets.streamed:
+        images, labels, _ = datasets.load_eval_data(
+            config.data.test,
+            sets.image_size,
+            settings.sample,
+            config.seed,
+            tfds_data_dir=config.data.get("path") or None,
+            small_image=config.student.small_image,
+        )
+    else:
+        images, labels = evaluation.sample_images(
+            data.test_images, data.test_labels, settings.sample, config.seed
+        )
+    models = [evaluation.as_served_model(_load(path), name=name) for name, path in trained]
+    report = evaluation.evaluate_models(
+        models,
+        images,
+        labels,
+        os.path.join(workdir, "robustness"),
+        baseline=models[0] if len(models) > 1 else None,
+        corruption_names=list(settings.corruptions) or list(corruptions.CORRUPTIONS),
+        severities=list(settings.severities),
+        eps=list(settings.eps),
+        pgd_steps=settings.pgd_steps,
+        seed=config.seed,
+        log=functools.partial(print, flush=True) if config.verbose else None,
+    )
+    keys = ("top1", "ece", "corruption_mean", "mce", "mfr", "fgsm", "pgd")
+    return {r["name"]: {k: r.get(k) for k in keys} for r in report["models"]}
+
+
+def _load(path: str):
+    """A SavedModel folder as it is; a `.keras` checkpoint through the one loader."""
+    from noisy_student_tf.models import load_checkpoint
+
+    if os.path.isdir(path):
+        return path
+    return load_checkpoint(path)
