@@ -22,6 +22,9 @@ Four stages, each in its own process (so each peak is that stage's own):
 Prints one JSON line: per stage wall_s and peak_rss_mb (ru_maxrss of the
 stage's process), records in/out, and the figures per second. Memory must
 not grow with N (issue 9: peak at 1M <= 1.5x peak at 100k).
+
+A long run can be split: with `--workdir=DIR` (kept, not removed),
+`--stages=make,label` and later `--stages=filter,student` on the same DIR.
 """
 
 import json

@@ -2,9 +2,11 @@
 
 import collections
 import glob
+import hashlib
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import tensorflow as tf
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import pipeline, records, schema
-from noisy_student_tf.labeling import filter_and_balance
+from noisy_student_tf.labeling import filter_and_balance, record_refs
 from noisy_student_tf.labeling.beam_filter import infer_num_classes, run_filter_balance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +145,76 @@ def test_official_rule_beam_equals_in_memory(tmp_path, images_per_class):
     for p in m["per_class"]:  # K on average: within 4 sd of the coins' spread
         if p["candidates"]:
             assert abs(p["copies"] - images_per_class) <= 4 * np.sqrt(images_per_class) + 1
+
+
+def test_shards_hold_each_copy_once_in_hash_order(tmp_path):
+    # The documented output, rebuilt here from the rule alone: copy j of key k
+    # goes to shard blake2b(seed, k, j) mod S, each shard sorted by that hash.
+    # The pipeline carries references, so this checks the bytes it reads back.
+    probs = np.random.default_rng(5).dirichlet(np.ones(4) * 0.3, size=200).astype(np.float32)
+    files = _write(str(tmp_path / "in"), probs, num_files=3)
+    out = str(tmp_path / "out")
+    run_filter_balance(files, out, 4, 0.3, 60, num_output_shards=3, seed=9, plots=False)
+    by_key = {}
+    for f in files:
+        for r in records.read_records(f):
+            by_key[
+                tf.train.Example.FromString(r).features.feature[schema.KEY].bytes_list.value[0]
+            ] = r
+    want = [[] for _ in range(3)]
+    for index, copies in collections.Counter(
+        filter_and_balance(probs, 0.3, 60, seed=9).indices.tolist()
+    ).items():
+        key = b"%06d" % index
+        for j in range(copies):
+            h = hashlib.blake2b(b"9\0%s\0%d" % (key, j), digest_size=8).digest()
+            want[int.from_bytes(h, "big") % 3].append((h, by_key[key]))
+    got = [list(records.read_records(f)) for f in sorted(glob.glob(out + "/pseudo-*"))]
+    assert got == [[r for _, r in sorted(shard)] for shard in want]
+    assert max(collections.Counter(by_key.values()).values()) == 1  # distinct records
+    assert sum(map(len, got)) == 240
+
+
+def test_pipeline_holds_references_not_records(tmp_path):
+    # 40 records of 1 MB each: a pipeline that carried the bytes between steps
+    # (as the DirectRunner keeps whole PCollections) allocates the 40 MB at
+    # least once more (95 MB measured before references); with references
+    # only the writer of a shard holds its two or so records (12 MB measured).
+    rng = np.random.default_rng(6)
+    probs = _probs(rng.integers(0, 3, 40), rng.uniform(0.5, 1, 40), 3)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path = str(folder / records.shard_name("labeled", 0, 1))
+    with tf.io.TFRecordWriter(path) as writer:
+        for i, p in enumerate(probs):
+            big = schema.source_example(rng.bytes(1 << 20), key=b"%06d" % i)
+            writer.write(schema.add_teacher_view(big, p).SerializeToString())
+    tracemalloc.start()
+    try:
+        m = run_filter_balance([path], str(tmp_path / "out"), 3, 0.3, 0, 20, plots=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert m["out_records"] == 40 and len(records.list_files(str(tmp_path / "out"))) == 20
+    assert peak < 20 << 20, f"peak {peak / 2**20:.1f} MB for 40 MB of records"
+
+
+def test_references_name_tfrecord_frames_and_are_checked(tmp_path):
+    path = str(tmp_path / "x.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for n in (3, 100, 0, 7):
+            writer.write(b"r" * n)
+    offsets = [o for o, _ in record_refs.read_with_offsets(path)]
+    assert offsets == [0, 19, 135, 151]  # 16 bytes of framing around each record
+    ref = record_refs.make_ref(2, 135)
+    assert record_refs.split_ref(ref) == (2, 135)
+    refs = [record_refs.make_ref(1, o) for o in offsets]
+    got = record_refs.read_refs(["unused", path], refs[::-1] + refs[:1])
+    assert got == {r: b"r" * n for r, n in zip(refs, (3, 100, 0, 7))}
+    with pytest.raises(OSError, match="bad length checksum"):
+        record_refs.read_refs([path], [record_refs.make_ref(0, 20)])
+    with pytest.raises(OSError, match="no record at byte 174"):
+        record_refs.read_refs([path], [record_refs.make_ref(0, 174)])
 
 
 def test_num_classes_is_inferred_from_records_or_manifest_and_checked(tmp_path):

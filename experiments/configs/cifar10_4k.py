@@ -67,16 +67,16 @@ def get_config(arg=None):
 
 
 def _cpu_recipe(config):
-    """The 2-core CPU recipe: fixed epochs, whole loop in about 80 minutes.
+    """The 2-core CPU recipe: fixed epochs, the whole loop in about 90 minutes.
 
-    Found by a teacher-only search on this protocol (docs/results.md): the
-    small-image EfficientNet at width 0.5 / depth 0.25 (431k parameters,
-    ~0.5 s per 128-image step on 2 cores) trained 80 epochs with SGD +
-    Nesterov, cosine decay and a moving average reached 66.4% with crop +
-    flip alone; RandAugment on a teacher this short cost accuracy (a 30-epoch
-    teacher: 55.0% crop + flip, 40.0% with RandAugment M=9 + extra Cutout).
-    So the teacher is trained un-noised (beyond crop + flip) and the students
-    carry the paper's noise: RandAugment, dropout 0.5, stochastic depth 0.8.
+    The small-image EfficientNet at width 0.5 / depth 0.25 (431k parameters,
+    ~0.3 s per 128-image step on 2 idle cores) with SGD + Nesterov, cosine
+    decay and a moving average; the teacher trains 80 epochs with crop +
+    flip only (68.03% test top-1, docs/results.md): at this budget noise
+    on a teacher this short costs accuracy (the project's earlier 30-epoch
+    teachers: 55.0% with crop + flip, 40.0% with RandAugment M=9 + extra
+    Cutout added). The students carry the paper's noise: RandAugment,
+    dropout 0.5, stochastic depth 0.8.
     """
     for block in (config.teacher, config.student):
         block.width_coefficient = 0.5

@@ -27,6 +27,18 @@ a shard is sorted by that hash before it is written, so the output bytes do
 not depend on the runner's ordering or parallelism, and the order looks
 shuffled to a reader. All counts (records in, dropped and why, per class)
 are data in the pipeline, not metrics, so they are exact under retries.
+
+Memory: no step but the shard writer holds a record's bytes. The read step
+pairs each record with a reference (record_refs.py: input file index and
+byte offset, one int); classify, route, coins, join and expand carry only
+that reference and the scalars they decide on (class, confidence, key),
+and a copy bound for an output shard is 16 bytes (its hash, its reference).
+The writer of a shard reads its records back by seek, in file and offset
+order, and writes them in hash order. So a runner that keeps whole
+PCollections in memory (the DirectRunner) holds tens of bytes per record,
+not the images: benchmarks/scale.py measured the DirectRunner's peak at
+1.8 GB for 100k records before, 0.82 GB for 100k and 1.05 GB for 1M after
+(the rest of the growth includes the exact rule's top-K, K per class).
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
-from noisy_student_tf.labeling import report
+from noisy_student_tf.labeling import record_refs, report
 from noisy_student_tf.labeling.select import (
     balanced_quota,
     class_rng,
@@ -58,12 +70,15 @@ from noisy_student_tf.labeling.select import (
 from noisy_student_tf.labeling.shards import MANIFEST_SUFFIX
 
 HIST_BINS = 20  # confidence histogram bins over [0, 1]
+HASH_BYTES = 8  # output order hash: 2**64 values, collisions negligible at any pool size
+REF_BYTES = 8  # a record_refs reference (file index << 40 | offset) as unsigned big endian
 
 
 class _Classify(beam.DoFn):
     """Validates records and drops those below the threshold.
 
-    Main output: (class, (-confidence, key, serialized)) for candidates.
+    Input: (reference, serialized) from `_read_indexed`.
+    Main output: (class, (-confidence, key, reference)) for candidates.
     Tagged 'stats': (name, count) pairs, summed per bundle.
     """
 
@@ -78,7 +93,8 @@ class _Classify(beam.DoFn):
     def _count(self, name, n=1):
         self._stats[name] = self._stats.get(name, 0) + n
 
-    def process(self, serialized):
+    def process(self, element):
+        ref, serialized = element
         self._count("in")
         fields, reason = schema.check_pseudo(serialized, self._num_classes)
         if fields is None:
@@ -94,7 +110,7 @@ class _Classify(beam.DoFn):
             self._count("below_threshold")
             return
         self._count(f"candidates/{label}")
-        yield label, (-float(confidence), fields["key"], serialized)
+        yield label, (-float(confidence), fields["key"], ref)
 
     def finish_bundle(self):
         for item in self._stats.items():
@@ -136,16 +152,16 @@ class _Route(beam.DoFn):
         self._over = 0
 
     def process(self, element, counts, cutoffs):
-        label, (neg_conf, key, serialized) = element
+        label, (neg_conf, key, ref) = element
         if not self._k:
-            yield label, key, 1, serialized
+            yield label, key, 1, ref
         elif counts[label] > self._k:
             if (neg_conf, key) <= cutoffs[label]:
-                yield label, key, 1, serialized
+                yield label, key, 1, ref
             else:
                 self._over += 1
         else:
-            yield beam.pvalue.TaggedOutput("under", ((label, key), serialized))
+            yield beam.pvalue.TaggedOutput("under", ((label, key), ref))
 
     def finish_bundle(self):
         if self._over:
@@ -175,12 +191,12 @@ class _Coins(beam.DoFn):
         self._over = 0
 
     def process(self, element, plans):
-        label, (neg_conf, key, serialized) = element
+        label, (neg_conf, key, ref) = element
         level, passing = plans[label]
         if np.float32(-neg_conf) >= np.float32(level):
             copies = official_copies(self._k, passing, self._seed, key)
             if copies:
-                yield label, key, copies, serialized
+                yield label, key, copies, ref
                 return
         self._over += 1
 
@@ -194,16 +210,27 @@ class _Coins(beam.DoFn):
 def _join_copies(element):
     (label, key), grouped = element
     copies = grouped["copies"]
-    for serialized in grouped["records"]:
-        yield label, key, copies[0], serialized
+    for ref in grouped["records"]:
+        yield label, key, copies[0], ref
 
 
 def _shard_hash(seed: int, key: bytes, copy: int) -> bytes:
-    return hashlib.blake2b(b"%d\0%s\0%d" % (seed, key, copy), digest_size=8).digest()
+    return hashlib.blake2b(b"%d\0%s\0%d" % (seed, key, copy), digest_size=HASH_BYTES).digest()
+
+
+def _read_indexed(indexed_path):
+    """(file index, path) -> (reference, serialized) for each record of the file."""
+    file_index, path = indexed_path
+    for offset, serialized in record_refs.read_with_offsets(path):
+        yield record_refs.make_ref(file_index, offset), serialized
 
 
 class _Expand(beam.DoFn):
-    """(class, key, copies, record) -> (shard, (hash, record)) for each copy."""
+    """(class, key, copies, reference) -> (shard, hash + reference) for each copy.
+
+    The value is 16 bytes, hash first (big endian), so sorting the values
+    sorts a shard by hash as the writer needs.
+    """
 
     def __init__(self, seed: int, num_shards: int):
         self._seed, self._num_shards = seed, num_shards
@@ -212,12 +239,13 @@ class _Expand(beam.DoFn):
         self._out, self._kept = {}, {}
 
     def process(self, element):
-        label, key, copies, serialized = element
+        label, key, copies, ref = element
+        packed_ref = ref.to_bytes(REF_BYTES, "big")
         self._out[label] = self._out.get(label, 0) + copies
         self._kept[label] = self._kept.get(label, 0) + 1
         for j in range(copies):
             h = _shard_hash(self._seed, key, j)
-            yield int.from_bytes(h, "big") % self._num_shards, (h, serialized)
+            yield int.from_bytes(h, "big") % self._num_shards, h + packed_ref
 
     def finish_bundle(self):
         for label, n in self._out.items():
@@ -231,15 +259,26 @@ class _Expand(beam.DoFn):
 
 
 class _WriteShard(beam.DoFn):
-    def __init__(self, output_dir: str, prefix: str, num_shards: int):
+    """(shard, [hash + reference, ...]) -> the shard file, records in hash order.
+
+    Holds one shard's records in memory: they are read in file and offset
+    order (sequential reads, not one seek per copy) and then written sorted
+    by hash.
+    """
+
+    def __init__(self, input_files: list[str], output_dir: str, prefix: str, num_shards: int):
+        self._inputs = input_files
         self._dir, self._prefix, self._num_shards = output_dir, prefix, num_shards
 
     def process(self, element):
         shard, items = element
+        items = sorted(items)
+        refs = [int.from_bytes(item[HASH_BYTES:], "big") for item in items]
+        data = record_refs.read_refs(self._inputs, refs)
         path = os.path.join(self._dir, records.shard_name(self._prefix, shard, self._num_shards))
         with records.AtomicWriter(path) as writer:
-            for _, serialized in sorted(items):
-                writer.write(serialized)
+            for ref in refs:
+                writer.write(data[ref])
         yield shard, writer.count
 
 
@@ -265,9 +304,9 @@ def build_pipeline(
     k = images_per_class
     classified = (
         pipeline
-        | "Files" >> beam.Create(input_files)
+        | "Files" >> beam.Create(list(enumerate(input_files)))
         | "SpreadFiles" >> beam.Reshuffle()
-        | "Read" >> beam.FlatMap(records.read_records)
+        | "Read" >> beam.FlatMap(_read_indexed)
         | "Classify"
         >> beam.ParDo(_Classify(num_classes, threshold, check_images)).with_outputs(
             "stats", main="candidates"
@@ -335,7 +374,8 @@ def build_pipeline(
     _ = (
         expanded.copies
         | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(_WriteShard(output_dir, output_prefix, num_output_shards))
+        | "WriteShards"
+        >> beam.ParDo(_WriteShard(input_files, output_dir, output_prefix, num_output_shards))
     )
     _ = (
         tuple(stats)
