@@ -78,18 +78,9 @@ def main(argv):
                     f"--{name}={FLAGS[name].value} is for --engine=job_array; Beam spreads "
                     f"the shards over its workers itself (leave --{name}={default})"
                 )
+        args, kwargs = _labeling_args()
         summary = beam_label.label_with_beam(
-            FLAGS.teacher,
-            records.list_files(FLAGS.input),
-            FLAGS.output_dir,
-            soft=FLAGS.soft,
-            temperature=FLAGS.temperature,
-            topk=FLAGS.topk,
-            batch_size=FLAGS.batch_size,
-            output_prefix=FLAGS.prefix,
-            overwrite=FLAGS.overwrite,
-            image_size=FLAGS.image_size or None,
-            pipeline_args=[f"--runner={FLAGS.runner}", *argv[1:]],
+            *args, pipeline_args=[f"--runner={FLAGS.runner}", *argv[1:]], **kwargs
         )
     elif argv[1:]:
         raise ConfigError(
@@ -104,21 +95,31 @@ def main(argv):
     )
 
 
-def _label_job_array():
-    return shards.label_shards(
+def _labeling_args():
+    """The teacher, inputs, output and label settings both engines take, from the flags."""
+    return (
         FLAGS.teacher,
         records.list_files(FLAGS.input),
         FLAGS.output_dir,
-        soft=FLAGS.soft,
-        temperature=FLAGS.temperature,
-        topk=FLAGS.topk,
-        shard_index=FLAGS.shard_index,
-        num_shards=FLAGS.num_shards,
+        FLAGS.soft,
+        FLAGS.temperature,
+        FLAGS.topk,
+    ), dict(
         batch_size=FLAGS.batch_size,
-        strategy=get_strategy(FLAGS.strategy, FLAGS.tpu),
         output_prefix=FLAGS.prefix,
         overwrite=FLAGS.overwrite,
         image_size=FLAGS.image_size or None,
+    )
+
+
+def _label_job_array():
+    args, kwargs = _labeling_args()
+    return shards.label_shards(
+        *args,
+        shard_index=FLAGS.shard_index,
+        num_shards=FLAGS.num_shards,
+        strategy=get_strategy(FLAGS.strategy, FLAGS.tpu),
+        **kwargs,
     )
 
 
