@@ -25,7 +25,7 @@ from absl import flags, logging
 
 from noisy_student_tf import cli
 from noisy_student_tf.data import sources
-from noisy_student_tf.training import get_strategy, loop
+from noisy_student_tf.training import config_checks, get_strategy, loop
 from noisy_student_tf.training.strategy import worker_failures_reported
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
@@ -38,9 +38,9 @@ def main(argv):
         raise cli.ConfigError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     start = time.time()
-    loop.validate_config(config)  # fail on bad settings before loading data
+    config_checks.validate_config(config)  # fail on bad settings before loading data
     strategy = get_strategy(config.strategy, config.tpu_address)  # before other TF ops
-    loop.validate_config(config, strategy.num_replicas_in_sync)
+    config_checks.validate_config(config, strategy.num_replicas_in_sync)
     data = sources.load(config.data)  # arrays, or streams with data.labeled
     with worker_failures_reported(strategy):  # a dead worker: one clear error, not a hang
         results = loop.run(config, _WORKDIR.value, data, strategy)

@@ -17,7 +17,7 @@ import tensorflow as tf
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.models import VARIANTS, load_checkpoint
-from noisy_student_tf.training import loop
+from noisy_student_tf.training import config_checks, loop, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
@@ -69,15 +69,15 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize("name,arg", CASES, ids=CASE_IDS)
 def test_config_loads_and_validates(name, arg):
     config = with_required_paths(get_config(name, arg))
-    loop.validate_config(config)
+    config_checks.validate_config(config)
     if config.strategy == "tpu":  # a v3-8 slice: 8 replicas share the global batch
-        loop.validate_config(config, num_replicas=8)
+        config_checks.validate_config(config, num_replicas=8)
     ratios = tuple(config.pseudo.get("unlabeled_ratio_per_iteration", ()))
     if ratios:  # one ratio per student, each a valid unlabeled_ratio
         assert len(ratios) == config.num_iterations
         for ratio in ratios:
             config.pseudo.unlabeled_ratio = ratio
-            loop.validate_config(config)
+            config_checks.validate_config(config)
 
 
 @pytest.mark.parametrize("name,arg", CASES, ids=CASE_IDS)
@@ -92,11 +92,11 @@ def test_models_build_and_student_is_not_smaller(name, arg):
         config = get_config(name, ",".join(dict.fromkeys(tokens)))
         size = config.data.image_size
     keras.backend.clear_session()
-    teacher = loop.build_model(config.teacher, config.data.num_classes, size)
+    teacher = trainer.build_model(config.teacher, config.data.num_classes, size)
     student = (
         teacher
         if config.student.to_dict() == config.teacher.to_dict()
-        else loop.build_model(config.student, config.data.num_classes, size)
+        else trainer.build_model(config.student, config.data.num_classes, size)
     )
     assert teacher.input_shape == student.input_shape == (None, size, size, 3)
     assert student.output_shape == (None, config.data.num_classes)
@@ -205,7 +205,7 @@ def test_unknown_variant_is_a_config_error(name, arg, match):
 def test_paper_config_without_unlabeled_folder_names_the_key():
     config = get_config("imagenet.py", "b0")
     with pytest.raises(ConfigError, match="data.unlabeled"):
-        loop.validate_config(config)
+        config_checks.validate_config(config)
 
 
 def test_unknown_variant_on_the_command_line_is_one_error_line():
@@ -227,8 +227,6 @@ def test_unknown_variant_on_the_command_line_is_one_error_line():
 
 # --- smoke runs through the loop on fake shards --------------------------------
 
-STREAM_KEYS_EXIST = "labeled" in load_config_module("digits.py").get_config().data
-
 
 def write_shards(folder, labels, size, seed, num_shards=2):
     """Source shards (schema.source_example) of random PNGs with these labels."""
@@ -247,7 +245,6 @@ def write_shards(folder, labels, size, seed, num_shards=2):
     return folder
 
 
-@pytest.mark.skipif(not STREAM_KEYS_EXIST, reason="needs the streamed data keys (data.labeled)")
 @pytest.mark.parametrize(
     "spec,overrides",
     [
@@ -307,17 +304,14 @@ def test_smoke_variant_runs_through_the_loop(tmp_path, spec, overrides):
 # --- per-iteration overrides (the loop reads them once it has iteration_config) --
 
 
-@pytest.mark.skipif(
-    not hasattr(loop, "iteration_config"), reason="needs loop.iteration_config (issue 10)"
-)
 def test_l2_students_get_their_own_unlabeled_ratio():
     config = with_required_paths(get_config("imagenet.py", "l2"))
     ratios = [
-        loop.iteration_config(config, i).pseudo.unlabeled_ratio
+        config_checks.iteration_config(config, i).pseudo.unlabeled_ratio
         for i in range(config.num_iterations + 1)
     ]
     assert ratios == [14, 14, 14, 28]  # the teacher's is unused
     assert config.pseudo.unlabeled_ratio == 14  # the config itself is not changed
     config.num_iterations = 2
     with pytest.raises(ConfigError, match="unlabeled_ratio_per_iteration"):
-        loop.validate_config(config)
+        config_checks.validate_config(config)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from noisy_student_tf.data.sources import SemiSupervisedData
-from noisy_student_tf.training import loop
+from noisy_student_tf.training import config_checks, loop, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments", "configs"))
@@ -219,12 +219,12 @@ def test_main_job_reports_bad_input_in_one_line_with_status_2(tmp_path):
 def test_batch_must_divide_over_the_replicas():
     config = _tiny_config()
     config.train.batch_size = 25
-    loop.validate_config(config, num_replicas=1)
-    loop.validate_config(config, num_replicas=5)
+    config_checks.validate_config(config, num_replicas=1)
+    config_checks.validate_config(config, num_replicas=5)
     with pytest.raises(ValueError, match="train.batch_size=25 .* 2 replicas.* 24 or 26"):
-        loop.validate_config(config, num_replicas=2)
+        config_checks.validate_config(config, num_replicas=2)
     with pytest.raises(ValueError, match="multiple of 8"):
-        loop.validate_config(config, num_replicas=8)
+        config_checks.validate_config(config, num_replicas=8)
 
 
 _MIRRORED_BAD_BATCH = """
@@ -280,20 +280,20 @@ def test_student_modes_train_from_the_same_selection(tmp_path, rng, mode):
 def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
     built, streams = [], []
 
-    class Recording(loop.NoisyStudent):
+    class Recording(trainer.NoisyStudent):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             built.append(self)
 
-    real_dataset = loop.pipeline.training_dataset
+    real_dataset = trainer.pipeline.training_dataset
 
     def recording_dataset(*args, **kwargs):
         ds = real_dataset(*args, **kwargs)
         streams.append(ds)
         return ds
 
-    monkeypatch.setattr(loop, "NoisyStudent", Recording)
-    monkeypatch.setattr(loop.pipeline, "training_dataset", recording_dataset)
+    monkeypatch.setattr(trainer, "NoisyStudent", Recording)
+    monkeypatch.setattr(trainer.pipeline, "training_dataset", recording_dataset)
     config = _tiny_config()
     config.pseudo.online = True
     config.pseudo.temperature = 2.0
@@ -317,14 +317,14 @@ def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
 @pytest.mark.parametrize("via_records", [False, True])
 def test_hard_pseudo_labels_are_the_teachers_argmax_smoothed(tmp_path, monkeypatch, via_records):
     unlabeled_streams = []
-    real_dataset = loop.pipeline.training_dataset
+    real_dataset = trainer.pipeline.training_dataset
 
     def recording_dataset(labeled, batch_size, unlabeled=None, *args, **kwargs):
         if unlabeled is not None:
             unlabeled_streams.append(unlabeled)
         return real_dataset(labeled, batch_size, unlabeled, *args, **kwargs)
 
-    monkeypatch.setattr(loop.pipeline, "training_dataset", recording_dataset)
+    monkeypatch.setattr(trainer.pipeline, "training_dataset", recording_dataset)
     config = _tiny_config()
     config.pseudo.soft = False
     config.pseudo.via_records = via_records

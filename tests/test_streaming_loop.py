@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from noisy_student_tf.data import ingest, records, schema, sources
-from noisy_student_tf.training import loop
+from noisy_student_tf.training import config_checks, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, CLASSES = 16, 3
@@ -310,7 +310,7 @@ def test_mixed_modes_are_config_errors(record_sets, overrides, match):
         block, name = key.split(".")
         config[block][name] = value
     with pytest.raises(sources.ConfigError, match=match):
-        loop.validate_config(config)
+        config_checks.validate_config(config)
 
 
 def _wait_for(predicate, proc, timeout=240):

@@ -265,14 +265,23 @@ class RecordSource:
         return bool(self.tfds_name)
 
 
-def _tfds_source(key: str, spec: str, data_dir: str | None) -> RecordSource:
+def split_tfds_spec(spec: str, where: str) -> tuple[str, str]:
+    """(name, split) of a `tfds:NAME:SPLIT` spec; the split may be sliced (train[:10%]).
+
+    Args:
+      where: the flag or key the spec came from, for the error message.
+    """
     parts = spec[len(TFDS_PREFIX) :].split(":", 1)  # the split may hold ":" (train[:10%])
-    if len(parts) != 2 or not all(parts):
+    if not spec.startswith(TFDS_PREFIX) or len(parts) != 2 or not all(parts):
         raise ConfigError(
-            f"data.{key}={spec!r} is not a tfds split; expected tfds:NAME:SPLIT, "
+            f"{where}={spec!r} is not a tfds split; expected tfds:NAME:SPLIT, "
             "e.g. tfds:cifar10:train or tfds:imagenet2012:train[:10%]"
         )
-    name, split = parts
+    return parts[0], parts[1]
+
+
+def _tfds_source(key: str, spec: str, data_dir: str | None) -> RecordSource:
+    name, split = split_tfds_spec(spec, f"data.{key}")
     import tensorflow_datasets as tfds
 
     try:

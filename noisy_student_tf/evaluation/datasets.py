@@ -23,6 +23,7 @@ import tensorflow as tf
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.data.preprocess import eval_preprocess
+from noisy_student_tf.data.sources import TFDS_PREFIX, split_tfds_spec
 
 SHUFFLE_BUFFER = 100_000
 
@@ -115,10 +116,8 @@ def check_spec(spec: str) -> None:
       ConfigError: a `tfds:` spec that is not tfds:NAME:SPLIT.
       FileNotFoundError: a path or glob that matches no shard.
     """
-    if spec.startswith("tfds:"):
-        parts = spec.split(":")
-        if len(parts) != 3 or not all(parts[1:]):
-            raise ConfigError(f"--data={spec!r}: expected tfds:NAME:SPLIT, e.g. tfds:cifar10:test")
+    if spec.startswith(TFDS_PREFIX):
+        split_tfds_spec(spec, "--data")
         return
     try:
         records.list_files(spec)
@@ -146,9 +145,8 @@ def load_eval_data(
       small_image: `eval_preprocess`'s path; None picks by size.
     """
     check_spec(spec)
-    if spec.startswith("tfds:"):
-        parts = spec.split(":")
-        ds, names = _from_tfds(parts[1], parts[2], tfds_data_dir)
+    if spec.startswith(TFDS_PREFIX):
+        ds, names = _from_tfds(*split_tfds_spec(spec, "--data"), tfds_data_dir)
     else:
         ds, names = _from_records(spec)
     images, labels = _to_arrays(ds, image_size, small_image, max_examples, seed, spec)

@@ -30,7 +30,6 @@ dict that experiments/noisy_student.py writes to results.json.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -45,360 +44,27 @@ from absl import logging
 from noisy_student_tf import evaluation, labeling
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import pipeline, records, schema, sources
-from noisy_student_tf.data import preprocess as preprocessing
 from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
-from noisy_student_tf.labeling.select import validate_balance
-from noisy_student_tf.models import build_efficientnet, load_checkpoint
-from noisy_student_tf.training import (
-    fine_tune,
-    precision,
-    progress,
-    record_stages,
-    resume,
-    stages,
-)
-from noisy_student_tf.training.noisy_student import NoisyStudent, smooth
-from noisy_student_tf.training.optimization import build_optimizer
+from noisy_student_tf.models import load_checkpoint
+from noisy_student_tf.training import fine_tune, precision, record_stages, stages
+from noisy_student_tf.training.config_checks import iteration_config, validate_config
+from noisy_student_tf.training.noisy_student import smooth
 from noisy_student_tf.training.results import format_table, plot, robustness
 from noisy_student_tf.training.strategy import get_strategy
+from noisy_student_tf.training.trainer import (
+    build_model,
+    check_student_size,
+    describe,
+    is_saved_model,
+    load_teacher_checkpoint,
+    train_one,
+)
 
-__all__ = ["build_model", "format_table", "iteration_config", "run", "train_one", "validate_config"]
+__all__ = ["format_table", "run", "validate_config"]
 
 # Decoded labeled images (S x S x 3 bytes each) a streamed run keeps in host
 # memory with tf.data's cache(); larger labeled sets are re-read every epoch.
 LABELED_CACHE_BYTES = 1 << 30
-
-
-def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
-    """The EfficientNet a config's `teacher` or `student` block describes."""
-    overrides = {}
-    for key in ("width_coefficient", "depth_coefficient", "batch_norm_momentum"):
-        if model_config.get(key):
-            overrides[key] = model_config[key]
-    return build_efficientnet(
-        model_config.architecture,
-        num_classes=num_classes,
-        input_shape=(image_size, image_size, 3),
-        dropout_rate=model_config.dropout_rate,
-        final_survival_prob=model_config.final_survival_prob,
-        small_image=model_config.small_image,
-        sync_batch_norm=model_config.get("sync_batch_norm", False),
-        **overrides,
-    )
-
-
-def validate_config(config, num_replicas: int | None = None) -> None:
-    """Raises ConfigError for settings that would waste a run; called before training.
-
-    Args:
-      config: the loop's ConfigDict.
-      num_replicas: replicas of the distribution strategy, when it is known;
-        the global batch must split evenly over them.
-    """
-    if not 0.0 <= config.pseudo.threshold <= 1.0:
-        raise ConfigError(f"pseudo.threshold must be in [0, 1], got {config.pseudo.threshold}")
-    ratio = config.pseudo.unlabeled_ratio
-    if ratio < 1 or int(ratio) != ratio:
-        raise ConfigError(f"pseudo.unlabeled_ratio must be an integer >= 1, got {ratio}")
-    ratios = tuple(config.pseudo.get("unlabeled_ratio_per_iteration", ()))
-    if ratios and len(ratios) != config.num_iterations:
-        raise ConfigError(
-            f"pseudo.unlabeled_ratio_per_iteration={ratios} has {len(ratios)} entries but "
-            f"num_iterations={config.num_iterations}; give one ratio per student, or () "
-            "to use pseudo.unlabeled_ratio for all"
-        )
-    for r in ratios:
-        if r < 1 or int(r) != r:
-            raise ConfigError(
-                f"pseudo.unlabeled_ratio_per_iteration entries must be integers >= 1, got {r}"
-            )
-    if config.pseudo.soft and config.pseudo.temperature <= 0:
-        raise ConfigError(f"pseudo.temperature must be > 0, got {config.pseudo.temperature}")
-    if config.pseudo.online and config.pseudo.via_records:
-        raise ConfigError(
-            "pseudo.online and pseudo.via_records are exclusive: the online "
-            "teacher labels inside the train step, via_records labels to files"
-        )
-    if config.num_iterations < 0:
-        raise ConfigError(f"num_iterations must be >= 0, got {config.num_iterations}")
-    batch = config.train.batch_size
-    if batch < 1:
-        raise ConfigError(f"train.batch_size must be >= 1, got {batch}")
-    if num_replicas and batch % num_replicas:
-        # Otherwise replicas get unequal shards and fit() fails deep inside
-        # the gradient all-reduce with an unreadable AddN shape error.
-        lower = max(batch // num_replicas * num_replicas, num_replicas)
-        raise ConfigError(
-            f"train.batch_size={batch} does not divide evenly over the strategy's "
-            f"{num_replicas} replicas; use a multiple of {num_replicas} (e.g. {lower} or "
-            f"{lower + num_replicas})"
-        )
-    if config.pseudo.images_per_class < 0:
-        raise ConfigError(
-            f"pseudo.images_per_class must be >= 0 (0 = no balancing), got "
-            f"{config.pseudo.images_per_class}"
-        )
-    if config.verbose not in (0, 1, 2):
-        raise ConfigError(f"verbose must be 0, 1 or 2, got {config.verbose}")
-    validate_balance(config.pseudo.get("balance", "exact"))
-    for role in ("teacher", "student"):
-        magnitude = config[role].randaugment_magnitude
-        if not 0 <= magnitude <= 30:
-            raise ConfigError(f"{role}.randaugment_magnitude must be in [0, 30], got {magnitude}")
-    if config.train.get("save_every_steps", 0) < 0:
-        raise ConfigError(
-            f"train.save_every_steps must be >= 0 (0: no checkpoint during fit), got "
-            f"{config.train.save_every_steps}"
-        )
-    _validate_data_mode(config)
-    fine_tune.validate(config, sources.is_stream_mode(config.data))
-    precision.resolve(
-        config.get("precision", "auto"),
-        config.get("jit_compile", "auto"),
-        "tpu" if config.strategy == "tpu" else "cpu",
-    )
-
-
-def iteration_config(config, iteration: int):
-    """The config iteration `iteration` trains with: per-student overrides applied.
-
-    `pseudo.unlabeled_ratio_per_iteration[i - 1]`, when set, is student i's
-    `pseudo.unlabeled_ratio` (the paper's L2 run: 14, 14, 28). The teacher
-    (iteration 0) and configs without overrides get `config` itself.
-    """
-    ratios = tuple(config.pseudo.get("unlabeled_ratio_per_iteration", ()))
-    if iteration == 0 or not ratios:
-        return config
-    config = copy.deepcopy(config)
-    config.pseudo.unlabeled_ratio = int(ratios[iteration - 1])
-    return config
-
-
-def _validate_data_mode(config) -> None:
-    """Settings that do not go together with the data mode (streamed or in memory)."""
-    data = config.data
-    sources.validate_stream_config(data)
-    if not sources.is_stream_mode(data):
-        return
-    for mode in ("online", "via_records"):
-        if config.pseudo[mode]:
-            raise ConfigError(
-                f"pseudo.{mode} is for in-memory data; with data.labeled the pseudo "
-                f"labels always go through records (set pseudo.{mode}=False)"
-            )
-    folder = data.get("pseudo_labeled", "")
-    if not folder:
-        if not data.get("unlabeled", "") and config.num_iterations > 0:
-            raise ConfigError(
-                "data.unlabeled is empty but num_iterations > 0: a student needs an "
-                "unlabeled set (or data.pseudo_labeled, a filter_balance output folder)"
-            )
-        return
-    if config.get("teacher_checkpoint", ""):
-        raise ConfigError(
-            "data.pseudo_labeled and teacher_checkpoint are exclusive: with a "
-            "filter_balance output folder there is no teacher stage"
-        )
-    if config.num_iterations < 1:
-        raise ConfigError(
-            "data.pseudo_labeled trains a student; num_iterations must be >= 1, got "
-            f"{config.num_iterations}"
-        )
-    if config.num_iterations > 1 and not data.get("unlabeled", ""):
-        raise ConfigError(
-            f"num_iterations={config.num_iterations} needs data.unlabeled for the students "
-            "after the first (data.pseudo_labeled feeds only the first)"
-        )
-
-
-def _is_saved_model(path: str) -> bool:
-    return tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
-
-
-def load_teacher_checkpoint(path: str, image_size: int) -> keras.Model:
-    """`teacher_checkpoint`: a `.keras` file, an exported SavedModel or an official checkpoint.
-
-    Lets ablations share one teacher and a run start from a teacher trained
-    elsewhere. A SavedModel (evaluation.export_saved_model's `serve`
-    endpoint) is wrapped as a Keras model so it can label, be evaluated and
-    act as an online teacher like a trained one.
-    """
-    if _is_saved_model(path):
-        endpoint = keras.layers.TFSMLayer(path, call_endpoint="serve")
-        inputs = keras.Input((image_size, image_size, 3), name="images")
-        model = keras.Model(inputs, endpoint(inputs), name="saved_model_teacher")
-    else:  # a .keras file, or an official TF1 checkpoint built at the data's size
-        model = load_checkpoint(path, image_size=image_size)
-    if tuple(model.input_shape[1:3]) != (image_size, image_size):
-        raise ConfigError(
-            f"teacher_checkpoint={path!r} takes {model.input_shape[1:3]} images but "
-            f"the data is {image_size}x{image_size} (data.image_size)"
-        )
-    return model
-
-
-def check_student_size(teacher: keras.Model, student: keras.Model, allow_smaller: bool) -> None:
-    """The paper's students are equal or larger than their teachers."""
-    t, s = teacher.count_params(), student.count_params()
-    if s < t and not allow_smaller:
-        raise ConfigError(
-            f"the student ({s:,} parameters) is smaller than its teacher "
-            f"({t:,}); Noisy Student uses an equal-or-larger student. Set "
-            f"allow_smaller_student=True to run it anyway"
-        )
-
-
-def train_preprocess(model_config, image_size: int, seed: int):
-    """A model block's training input noise: crop, flip, RandAugment, Cutout.
-
-    `preprocess` = "official" (default: the official order for the image
-    size, see data/preprocess.py), "randaugment_only" or "none".
-    """
-    randaugment = None
-    if model_config.randaugment_magnitude > 0 and model_config.randaugment_layers > 0:
-        from noisy_student_tf.augment import RandAugment
-
-        randaugment = RandAugment(
-            num_layers=model_config.randaugment_layers,
-            magnitude=model_config.randaugment_magnitude,
-            cutout=model_config.cutout,
-            seed=seed,
-            variant=model_config.get("randaugment_variant", "corrected"),
-        )
-    return preprocessing.train_preprocess(
-        model_config.get("preprocess", "official"),
-        image_size,
-        randaugment,
-        small_image=model_config.small_image,
-        flip=model_config.get("flip", True),
-        extra_cutout=model_config.get("extra_cutout", True),
-    )
-
-
-def train_one(
-    config,
-    strategy,
-    labeled,
-    num_labeled: int,
-    num_classes: int,
-    image_size: int,
-    model_config,
-    epochs: int,
-    seed: int,
-    unlabeled: tf.data.Dataset | tuple | np.ndarray | None = None,
-    teacher: keras.Model | None = None,
-    name: str = "model",
-    log_dir: str | None = None,
-    checkpoint_dir: str | None = None,
-    init_from: keras.Model | None = None,
-    frozen_blocks: int = 0,
-    schedule: tuple[float, int, int] | None = None,
-) -> tuple[keras.Model, dict]:
-    """Trains one noised model with fit(); returns it holding its EMA weights, and step counts.
-
-    Args:
-      labeled: (uint8 images, labels) arrays or an unbatched (image, label)
-        stream (`pipeline.source_records`).
-      num_labeled: labeled images; one epoch is one pass over them.
-      unlabeled: the student's unbatched pseudo-labeled source (see
-        `pseudo_labeled_stream`, `record_stages.balanced_stream`); None
-        trains on labeled images only (a teacher).
-      name: labels its progress lines.
-      log_dir: if set, receives TensorBoard scalars (loss terms, accuracy,
-        learning rate per epoch).
-      checkpoint_dir: where the fit's state is saved every
-        `train.save_every_steps` steps and restored from on a rerun
-        (resume.py); None saves nothing.
-      init_from: start from this model's weights (same architecture, any
-        input size) instead of a fresh initialization (fine-tuning).
-      frozen_blocks: with init_from, freeze the stem and this many blocks.
-      schedule: (epochs, total steps, step offset) of another run's
-        learning-rate schedule to follow instead of this run's own
-        (fine-tuning continues the student's schedule); epochs may be
-        fractional.
-
-    Returns:
-      (student, {"steps", "resumed_from_step", "final_step"}).
-    """
-    train = config.train
-    steps = train.steps_per_epoch or math.ceil(num_labeled / train.batch_size)
-    total = int(round(steps * epochs))
-    resolved = precision.resolve(
-        config.get("precision", "auto"),
-        config.get("jit_compile", "auto"),
-        precision.device_kind(strategy),
-    )
-    with strategy.scope():
-        student = build_model(model_config, num_classes, image_size)
-        if init_from is not None:
-            student.set_weights(init_from.get_weights())
-            fine_tune.freeze_shallow_layers(student, frozen_blocks)
-        model = NoisyStudent(
-            student,
-            num_classes,
-            unlabeled_ratio=config.pseudo.unlabeled_ratio,
-            label_smoothing=train.label_smoothing,
-            weight_decay=train.weight_decay,
-            teacher=teacher if config.pseudo.online else None,
-            temperature=config.pseudo.temperature if config.pseudo.soft else None,
-            ema_decay=train.ema_decay,
-        )
-        # Schedule epochs are the official float N / B; fit's epochs are whole steps.
-        schedule_epoch = train.steps_per_epoch or num_labeled / train.batch_size
-        schedule_epochs, schedule_total, offset = schedule or (epochs, total, 0)
-        optimizer = build_optimizer(
-            train,
-            train.batch_size,
-            schedule_epoch,
-            schedule_epochs,
-            total_steps=schedule_total,
-            step_offset=offset,
-        )
-        model.compile(
-            optimizer=precision.wrap_optimizer(optimizer, resolved),
-            jit_compile=resolved.jit_compile,
-        )
-        # Slots exist before a checkpoint is restored into them.
-        model.optimizer.build(model.trainable_variables)
-    checkpoint = resume.FitCheckpoint(checkpoint_dir, model) if checkpoint_dir else None
-    start = checkpoint.restore() if checkpoint else 0
-    if start:
-        print(f"   {name}: resumed from its checkpoint at step {start} of {total}", flush=True)
-    ds = pipeline.training_dataset(
-        labeled,
-        train.batch_size,
-        unlabeled,
-        unlabeled_ratio=config.pseudo.unlabeled_ratio if unlabeled is not None else 0,
-        preprocess=train_preprocess(model_config, image_size, seed),
-        online_teacher=config.pseudo.online,
-        seed=seed,
-        start_batch=start,
-    )
-    callbacks = [resume.StopAtStep(total)]
-    if checkpoint is not None and train.get("save_every_steps", 0):
-        callbacks.append(resume.SaveEverySteps(checkpoint, train.save_every_steps))
-    if config.verbose == 1:
-        callbacks.append(progress.ProgressLines(name, total - start))
-    if log_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
-    if start < total:
-        model.fit(
-            ds,
-            epochs=math.ceil(epochs),
-            initial_epoch=start // steps,
-            steps_per_epoch=steps,
-            verbose=2 if config.verbose == 2 else 0,
-            callbacks=callbacks,
-            shuffle=False,
-        )
-    elif model.average is not None:  # killed after its last step: only the average is left
-        model.average.copy_to_variables(strategy)
-    info = {"steps": total, "resumed_from_step": start, "final_step": checkpoint_step(model)}
-    return student, info
-
-
-def checkpoint_step(model: keras.Model) -> int:
-    return int(model.optimizer.iterations.numpy())
 
 
 def _pool_key(index: int) -> bytes:
@@ -468,13 +134,6 @@ def _record_labels(
         fingerprint,
     )
     return pseudo_dir, manifest
-
-
-def _describe(model_config) -> str:
-    text = model_config.architecture
-    if model_config.get("width_coefficient") or model_config.get("depth_coefficient"):
-        text += f" w{model_config.width_coefficient:g} d{model_config.depth_coefficient:g}"
-    return text + (" small" if model_config.small_image else "")
 
 
 def _fingerprint(path: str) -> str:
@@ -640,7 +299,7 @@ def run(
                     epochs = config.train.student_epochs
                     on = f" + {count} pseudo-labeled"
                 print(
-                    f"== iteration {iteration}: {role} {_describe(model_config)} on "
+                    f"== iteration {iteration}: {role} {describe(model_config)} on "
                     f"{sets.num_labeled} labeled{on} images",
                     flush=True,
                 )
@@ -673,7 +332,7 @@ def run(
             "architecture": (
                 f"loaded {os.path.basename(loaded_from.rstrip('/'))}"
                 if iteration == 0 and loaded is not None
-                else _describe(model_config)
+                else describe(model_config)
             ),
             "parameters": int(model.count_params()),
             "test_top1": sets.test_top1(model, model_config.small_image),
@@ -750,7 +409,7 @@ def _fine_tuned_row(config, model: keras.Model, sets, wall: float) -> dict:
     return {
         "role": "fine_tune",
         "iteration": config.num_iterations + 1,
-        "architecture": f"{_describe(config.student)} at {size} px",
+        "architecture": f"{describe(config.student)} at {size} px",
         "parameters": int(model.count_params()),
         "test_top1": sets.test_top1(model, config.student.small_image, size),
         "pseudo_label_accuracy": float("nan"),
@@ -781,7 +440,7 @@ def _fine_tune_stage(config, strategy, sets, student, fingerprint: str, workdir:
         schedule = None
     model_config = fine_tune.model_config(config)
     print(
-        f"== fine-tuning: {_describe(model_config)} at {block.image_size} px, "
+        f"== fine-tuning: {describe(model_config)} at {block.image_size} px, "
         f"{block.epochs} epochs on {sets.num_labeled} labeled images, stem + "
         f"{block.frozen_blocks} blocks frozen",
         flush=True,
@@ -819,7 +478,7 @@ def _keep_loaded_teacher(model: keras.Model, loaded_from: str, stem: str) -> tup
     which the later stages were made with, stays the same).
     """
     source = _fingerprint(loaded_from)
-    if _is_saved_model(loaded_from):
+    if is_saved_model(loaded_from):
         return loaded_from, source
     stage = stages.Stage(stem + ".json", "teacher")
     settings = {"teacher_checkpoint": loaded_from, "teacher_checkpoint_fingerprint": source}

@@ -1,0 +1,253 @@
+"""Training one model of the loop: build it from a config block, noise its
+input, fit it with the Noisy Student step, resume it after a kill.
+
+The loop (loop.py) decides what each model learns from; this module knows
+how one model trains: `train_one` builds the EfficientNet a `teacher` /
+`student` block describes, wraps it in `NoisyStudent` (loss, moving
+average, online teacher), compiles it with the resolved precision, restores
+its mid-fit checkpoint and runs fit() over the pipeline's batches. Also here:
+loading a `teacher_checkpoint` and the equal-or-larger student rule.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.data import pipeline
+from noisy_student_tf.data import preprocess as preprocessing
+from noisy_student_tf.models import build_efficientnet, load_checkpoint
+from noisy_student_tf.training import fine_tune, precision, progress, resume
+from noisy_student_tf.training.noisy_student import NoisyStudent
+from noisy_student_tf.training.optimization import build_optimizer
+
+__all__ = [
+    "build_model",
+    "check_student_size",
+    "describe",
+    "is_saved_model",
+    "load_teacher_checkpoint",
+    "train_one",
+    "train_preprocess",
+]
+
+
+def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
+    """The EfficientNet a config's `teacher` or `student` block describes."""
+    overrides = {}
+    for key in ("width_coefficient", "depth_coefficient", "batch_norm_momentum"):
+        if model_config.get(key):
+            overrides[key] = model_config[key]
+    return build_efficientnet(
+        model_config.architecture,
+        num_classes=num_classes,
+        input_shape=(image_size, image_size, 3),
+        dropout_rate=model_config.dropout_rate,
+        final_survival_prob=model_config.final_survival_prob,
+        small_image=model_config.small_image,
+        sync_batch_norm=model_config.get("sync_batch_norm", False),
+        **overrides,
+    )
+
+
+def is_saved_model(path: str) -> bool:
+    return tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+
+
+def load_teacher_checkpoint(path: str, image_size: int) -> keras.Model:
+    """`teacher_checkpoint`: a `.keras` file, an exported SavedModel or an official checkpoint.
+
+    Lets ablations share one teacher and a run start from a teacher trained
+    elsewhere. A SavedModel (evaluation.export_saved_model's `serve`
+    endpoint) is wrapped as a Keras model so it can label, be evaluated and
+    act as an online teacher like a trained one.
+    """
+    if is_saved_model(path):
+        endpoint = keras.layers.TFSMLayer(path, call_endpoint="serve")
+        inputs = keras.Input((image_size, image_size, 3), name="images")
+        model = keras.Model(inputs, endpoint(inputs), name="saved_model_teacher")
+    else:  # a .keras file, or an official TF1 checkpoint built at the data's size
+        model = load_checkpoint(path, image_size=image_size)
+    if tuple(model.input_shape[1:3]) != (image_size, image_size):
+        raise ConfigError(
+            f"teacher_checkpoint={path!r} takes {model.input_shape[1:3]} images but "
+            f"the data is {image_size}x{image_size} (data.image_size)"
+        )
+    return model
+
+
+def check_student_size(teacher: keras.Model, student: keras.Model, allow_smaller: bool) -> None:
+    """The paper's students are equal or larger than their teachers."""
+    t, s = teacher.count_params(), student.count_params()
+    if s < t and not allow_smaller:
+        raise ConfigError(
+            f"the student ({s:,} parameters) is smaller than its teacher "
+            f"({t:,}); Noisy Student uses an equal-or-larger student. Set "
+            f"allow_smaller_student=True to run it anyway"
+        )
+
+
+def train_preprocess(model_config, image_size: int, seed: int):
+    """A model block's training input noise: crop, flip, RandAugment, Cutout.
+
+    `preprocess` = "official" (default: the official order for the image
+    size, see data/preprocess.py), "randaugment_only" or "none".
+    """
+    randaugment = None
+    if model_config.randaugment_magnitude > 0 and model_config.randaugment_layers > 0:
+        from noisy_student_tf.augment import RandAugment
+
+        randaugment = RandAugment(
+            num_layers=model_config.randaugment_layers,
+            magnitude=model_config.randaugment_magnitude,
+            cutout=model_config.cutout,
+            seed=seed,
+            variant=model_config.get("randaugment_variant", "corrected"),
+        )
+    return preprocessing.train_preprocess(
+        model_config.get("preprocess", "official"),
+        image_size,
+        randaugment,
+        small_image=model_config.small_image,
+        flip=model_config.get("flip", True),
+        extra_cutout=model_config.get("extra_cutout", True),
+    )
+
+
+def train_one(
+    config,
+    strategy,
+    labeled,
+    num_labeled: int,
+    num_classes: int,
+    image_size: int,
+    model_config,
+    epochs: int,
+    seed: int,
+    unlabeled: tf.data.Dataset | tuple | np.ndarray | None = None,
+    teacher: keras.Model | None = None,
+    name: str = "model",
+    log_dir: str | None = None,
+    checkpoint_dir: str | None = None,
+    init_from: keras.Model | None = None,
+    frozen_blocks: int = 0,
+    schedule: tuple[float, int, int] | None = None,
+) -> tuple[keras.Model, dict]:
+    """Trains one noised model with fit(); returns it holding its EMA weights, and step counts.
+
+    Args:
+      labeled: (uint8 images, labels) arrays or an unbatched (image, label)
+        stream (`pipeline.source_records`).
+      num_labeled: labeled images; one epoch is one pass over them.
+      unlabeled: the student's unbatched pseudo-labeled source (see
+        `pseudo_labeled_stream`, `record_stages.balanced_stream`); None
+        trains on labeled images only (a teacher).
+      name: labels its progress lines.
+      log_dir: if set, receives TensorBoard scalars (loss terms, accuracy,
+        learning rate per epoch).
+      checkpoint_dir: where the fit's state is saved every
+        `train.save_every_steps` steps and restored from on a rerun
+        (resume.py); None saves nothing.
+      init_from: start from this model's weights (same architecture, any
+        input size) instead of a fresh initialization (fine-tuning).
+      frozen_blocks: with init_from, freeze the stem and this many blocks.
+      schedule: (epochs, total steps, step offset) of another run's
+        learning-rate schedule to follow instead of this run's own
+        (fine-tuning continues the student's schedule); epochs may be
+        fractional.
+
+    Returns:
+      (student, {"steps", "resumed_from_step", "final_step"}).
+    """
+    train = config.train
+    steps = train.steps_per_epoch or math.ceil(num_labeled / train.batch_size)
+    total = int(round(steps * epochs))
+    resolved = precision.resolve(
+        config.get("precision", "auto"),
+        config.get("jit_compile", "auto"),
+        precision.device_kind(strategy),
+    )
+    with strategy.scope():
+        student = build_model(model_config, num_classes, image_size)
+        if init_from is not None:
+            student.set_weights(init_from.get_weights())
+            fine_tune.freeze_shallow_layers(student, frozen_blocks)
+        model = NoisyStudent(
+            student,
+            num_classes,
+            unlabeled_ratio=config.pseudo.unlabeled_ratio,
+            label_smoothing=train.label_smoothing,
+            weight_decay=train.weight_decay,
+            teacher=teacher if config.pseudo.online else None,
+            temperature=config.pseudo.temperature if config.pseudo.soft else None,
+            ema_decay=train.ema_decay,
+        )
+        # Schedule epochs are the official float N / B; fit's epochs are whole steps.
+        schedule_epoch = train.steps_per_epoch or num_labeled / train.batch_size
+        schedule_epochs, schedule_total, offset = schedule or (epochs, total, 0)
+        optimizer = build_optimizer(
+            train,
+            train.batch_size,
+            schedule_epoch,
+            schedule_epochs,
+            total_steps=schedule_total,
+            step_offset=offset,
+        )
+        model.compile(
+            optimizer=precision.wrap_optimizer(optimizer, resolved),
+            jit_compile=resolved.jit_compile,
+        )
+        # Slots exist before a checkpoint is restored into them.
+        model.optimizer.build(model.trainable_variables)
+    checkpoint = resume.FitCheckpoint(checkpoint_dir, model) if checkpoint_dir else None
+    start = checkpoint.restore() if checkpoint else 0
+    if start:
+        print(f"   {name}: resumed from its checkpoint at step {start} of {total}", flush=True)
+    ds = pipeline.training_dataset(
+        labeled,
+        train.batch_size,
+        unlabeled,
+        unlabeled_ratio=config.pseudo.unlabeled_ratio if unlabeled is not None else 0,
+        preprocess=train_preprocess(model_config, image_size, seed),
+        online_teacher=config.pseudo.online,
+        seed=seed,
+        start_batch=start,
+    )
+    callbacks = [resume.StopAtStep(total)]
+    if checkpoint is not None and train.get("save_every_steps", 0):
+        callbacks.append(resume.SaveEverySteps(checkpoint, train.save_every_steps))
+    if config.verbose == 1:
+        callbacks.append(progress.ProgressLines(name, total - start))
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
+    if start < total:
+        model.fit(
+            ds,
+            epochs=math.ceil(epochs),
+            initial_epoch=start // steps,
+            steps_per_epoch=steps,
+            verbose=2 if config.verbose == 2 else 0,
+            callbacks=callbacks,
+            shuffle=False,
+        )
+    elif model.average is not None:  # killed after its last step: only the average is left
+        model.average.copy_to_variables(strategy)
+    info = {"steps": total, "resumed_from_step": start, "final_step": checkpoint_step(model)}
+    return student, info
+
+
+def checkpoint_step(model: keras.Model) -> int:
+    return int(model.optimizer.iterations.numpy())
+
+
+def describe(model_config) -> str:
+    """A model block in a few words, for progress lines and result rows."""
+    text = model_config.architecture
+    if model_config.get("width_coefficient") or model_config.get("depth_coefficient"):
+        text += f" w{model_config.width_coefficient:g} d{model_config.depth_coefficient:g}"
+    return text + (" small" if model_config.small_image else "")
