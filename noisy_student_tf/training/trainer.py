@@ -145,7 +145,7 @@ def train_one(
         stream (`pipeline.source_records`).
       num_labeled: labeled images; one epoch is one pass over them.
       unlabeled: the student's unbatched pseudo-labeled source (see
-        `pseudo_labeled_stream`, `record_stages.balanced_stream`); None
+        `loop.pseudo_labeled_stream`, `record_stages.balanced_stream`); None
         trains on labeled images only (a teacher).
       name: labels its progress lines.
       log_dir: if set, receives TensorBoard scalars (loss terms, accuracy,
