@@ -21,24 +21,29 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_cifar10_cpu_recipe_and_its_report(tmp_path):
-    workdir = tmp_path / "cifar10_4k_cpu"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "experiments", "noisy_student.py"),
-            "--config=experiments/configs/cifar10_4k.py:cpu",
-            f"--workdir={workdir}",
-            "--config.num_iterations=1",
-            "--config.train.teacher_epochs=1",
-            "--config.train.student_epochs=1",
-            "--config.train.steps_per_epoch=2",
-            "--config.pseudo.threshold=0.0",  # a 2-step teacher is not confident yet
-        ],
+def _experiment(script: str, *args: str, timeout: int):
+    """Runs experiments/SCRIPT with ARGS in a fresh process from the repository root."""
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "experiments", script), *args],
         cwd=REPO,
         env=ENV,
         capture_output=True,
         text=True,
+        timeout=timeout,
+    )
+
+
+def test_cifar10_cpu_recipe_and_its_report(tmp_path):
+    workdir = tmp_path / "cifar10_4k_cpu"
+    proc = _experiment(
+        "noisy_student.py",
+        "--config=experiments/configs/cifar10_4k.py:cpu",
+        f"--workdir={workdir}",
+        "--config.num_iterations=1",
+        "--config.train.teacher_epochs=1",
+        "--config.train.student_epochs=1",
+        "--config.train.steps_per_epoch=2",
+        "--config.pseudo.threshold=0.0",  # a 2-step teacher is not confident yet
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,19 +56,7 @@ def test_cifar10_cpu_recipe_and_its_report(tmp_path):
     assert "4000 labeled" in proc.stdout
 
     out = tmp_path / "img"
-    report = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "experiments", "report.py"),
-            f"--runs=cpu={workdir}",
-            f"--output_dir={out}",
-        ],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    report = _experiment("report.py", f"--runs=cpu={workdir}", f"--output_dir={out}", timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     assert f"| cpu | teacher | {100 * teacher['test_top1']:.2f}% |" in report.stdout
     for name in ("accuracy.png", "confidence_histogram.png", "images_per_class.png"):
