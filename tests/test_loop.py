@@ -213,6 +213,9 @@ def test_main_job_reports_bad_input_in_one_line_with_status_2(tmp_path):
         )
     )
     assert "/nonexistent/cifar" in line
+    # A folder given without its source would otherwise train on the digits.
+    line = _one_error_line(_main("--config.data.path=/data/mine", f"--workdir={tmp_path}"))
+    assert "data.path='/data/mine'" in line and "data.source=tfrecord" in line
     assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
 
 

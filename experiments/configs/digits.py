@@ -60,7 +60,7 @@ def get_config(arg=None):
 
     config.data = ml_collections.ConfigDict(
         dict(
-            source="digits",  # digits | tfrecord | tfds
+            source="digits",  # digits | tfrecord | tfds in memory; "stream": data.labeled
             path="",  # tfrecord: folder of train-*/test-*.tfrecord; tfds: its data_dir
             name="",  # tfds: dataset name, e.g. cifar10
             num_classes=10,

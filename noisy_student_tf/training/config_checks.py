@@ -111,6 +111,13 @@ def _validate_data_mode(config) -> None:
     data = config.data
     sources.validate_stream_config(data)
     if not sources.is_stream_mode(data):
+        if data.source == "digits" and data.get("path", ""):
+            # The digits come with scikit-learn; a folder here was meant for
+            # another source, and training on the digits instead is silent.
+            raise ConfigError(
+                f"data.path={data.path!r} is set but data.source='digits' ignores it; "
+                "set data.source=tfrecord (a folder of train-*/test-* shards) or tfds"
+            )
         return
     for mode in ("online", "via_records"):
         if config.pseudo[mode]:

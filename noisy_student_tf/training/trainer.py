@@ -60,7 +60,7 @@ def is_saved_model(path: str) -> bool:
 
 
 def load_teacher_checkpoint(path: str, image_size: int) -> keras.Model:
-    """`teacher_checkpoint`: a `.keras` file, an exported SavedModel or an official checkpoint.
+    """`teacher_checkpoint`: `.keras`, exported SavedModel, official or keras.applications `.h5`.
 
     Lets ablations share one teacher and a run start from a teacher trained
     elsewhere. A SavedModel (evaluation.export_saved_model's `serve`
@@ -71,7 +71,7 @@ def load_teacher_checkpoint(path: str, image_size: int) -> keras.Model:
         endpoint = keras.layers.TFSMLayer(path, call_endpoint="serve")
         inputs = keras.Input((image_size, image_size, 3), name="images")
         model = keras.Model(inputs, endpoint(inputs), name="saved_model_teacher")
-    else:  # a .keras file, or an official TF1 checkpoint built at the data's size
+    else:  # .keras, or an official / keras.applications checkpoint built at the data's size
         model = load_checkpoint(path, image_size=image_size)
     if tuple(model.input_shape[1:3]) != (image_size, image_size):
         raise ConfigError(
