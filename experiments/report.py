@@ -90,16 +90,25 @@ def main(argv):
     if _SEED_RUNS.value:
         by_model = {}
         for workdir in _SEED_RUNS.value:
-            for row in _results(workdir)["models"]:
+            rows = _results(workdir)["models"]
+            teacher = 100 * rows[0]["test_top1"]
+            for row in rows:
                 by_model.setdefault(_model_name(row), []).append(100 * row["test_top1"])
-        print("\n| model | seeds | mean test top-1 | std | min | max |")
+            # Paired within a seed: the claims are about gains over the teacher.
+            for row in rows[1:]:
+                by_model.setdefault(f"{_model_name(row)} - teacher", []).append(
+                    100 * row["test_top1"] - teacher
+                )
+        print("\n| model (test top-1) | seeds | mean | std | min | max |")
         print("|---|---|---|---|---|---|")
         for model, values in by_model.items():
             v = np.asarray(values)
-            print(
-                f"| {model} | {len(v)} | {v.mean():.2f}% | {v.std(ddof=1) if len(v) > 1 else 0:.2f}"
-                f" | {v.min():.2f}% | {v.max():.2f}% |"
-            )
+            spread = v.std(ddof=1) if len(v) > 1 else 0.0
+            if model.endswith(" - teacher"):
+                cells = [f"{x:+.2f} points" for x in (v.mean(), v.min(), v.max())]
+            else:
+                cells = [f"{x:.2f}%" for x in (v.mean(), v.min(), v.max())]
+            print(f"| {model} | {len(v)} | {cells[0]} | {spread:.2f} | {cells[1]} | {cells[2]} |")
     if _OUTPUT_DIR.value and runs:
         os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
         _, workdir, _ = runs[0]

@@ -39,6 +39,9 @@ def test_report_tables_and_plots_from_a_smoke_run(smoke_workdir, tmp_path):
     assert sum(r.startswith("| again |") for r in proc.stdout.splitlines()) == len(rows)
     # Two identical seed runs: spread 0, mean = the value.
     assert f"| teacher | 2 | {100 * teacher['test_top1']:.2f}% | 0.00 |" in proc.stdout
+    # and each student's gain over its own seed's teacher, in points.
+    gain = 100 * rows[1]["test_top1"] - 100 * teacher["test_top1"]
+    assert f"| student 1 - teacher | 2 | {gain:+.2f} points | 0.00 |" in proc.stdout
     for name in ("accuracy.png", "confidence_histogram.png", "images_per_class.png"):
         assert (out / name).stat().st_size > 1000, name
 
