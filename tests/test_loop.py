@@ -216,6 +216,11 @@ def test_main_job_reports_bad_input_in_one_line_with_status_2(tmp_path):
     # A folder given without its source would otherwise train on the digits.
     line = _one_error_line(_main("--config.data.path=/data/mine", f"--workdir={tmp_path}"))
     assert "data.path='/data/mine'" in line and "data.source=tfrecord" in line
+    # Keras would otherwise drop XLA quietly under op determinism.
+    line = _one_error_line(
+        _main("--config.deterministic=True", "--config.jit_compile=True", f"--workdir={tmp_path}")
+    )
+    assert "deterministic=True cannot run XLA-compiled steps" in line
     assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
 
 

@@ -39,6 +39,18 @@ def test_resolution_table(setting, jit, kind, expected):
     assert tuple(resolve(setting, jit, kind)) == expected
 
 
+@pytest.mark.parametrize(
+    "jit, kind, expected",
+    [("auto", "gpu", ("mixed_float16", False)), (False, "cpu", ("float32", False))],
+)
+def test_deterministic_runs_resolve_auto_to_no_xla(jit, kind, expected):
+    # Keras compiles without XLA under TF op determinism; the resolved
+    # setting (and what compile() is given) must say so.
+    assert tuple(resolve("auto", jit, kind, deterministic=True)) == expected
+    assert precision.resolve_config({"deterministic": True}, "gpu").jit_compile is False
+    assert precision.resolve_config({}, "gpu").jit_compile is True
+
+
 def test_only_float16_scales_the_loss():
     assert Precision("mixed_float16", True).loss_scaling
     assert not Precision("mixed_bfloat16", True).loss_scaling
@@ -52,6 +64,8 @@ def test_only_float16_scales_the_loss():
         (("auto", "yes", "cpu"), "jit_compile='yes'"),
         (("auto", False, "tpu"), "jit_compile=False cannot run on a TPU"),
         (("auto", "auto", "ipu"), "device kind 'ipu'"),
+        (("auto", True, "gpu", True), "deterministic=True cannot run XLA"),
+        (("auto", "auto", "tpu", True), "deterministic=True cannot run XLA"),
     ],
 )
 def test_bad_settings_are_config_errors(args, key):

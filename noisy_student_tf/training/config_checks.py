@@ -84,11 +84,7 @@ def validate_config(config, num_replicas: int | None = None) -> None:
         )
     _validate_data_mode(config)
     fine_tune.validate(config, sources.is_stream_mode(config.data))
-    precision.resolve(
-        config.get("precision", "auto"),
-        config.get("jit_compile", "auto"),
-        "tpu" if config.strategy == "tpu" else "cpu",
-    )
+    precision.resolve_config(config, "tpu" if config.strategy == "tpu" else "cpu")
 
 
 def iteration_config(config, iteration: int):

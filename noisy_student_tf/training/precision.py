@@ -16,6 +16,12 @@ bfloat16 does not: its 5 exponent bits flush small gradients to zero
 the 16-bit types slowed the small EfficientNet down several times when
 measured here (docs/results.md), so auto keeps float32 without XLA there.
 
+`deterministic=True` (TF op determinism) and XLA do not go together: Keras
+quietly compiles without XLA when op determinism is on (`model_supports_jit`
+in keras/src/trainers/trainer.py), so "auto" resolves to no XLA there, and
+an explicit `jit_compile=True`, or a TPU, is a ConfigError rather than a
+setting that is silently dropped.
+
 Under a mixed policy the weights, batch-norm statistics and the moving
 average stay float32 (Keras keeps variables in the policy's variable dtype)
 and the logits and losses are float32: EfficientNet's classifier is a
@@ -66,18 +72,26 @@ def _parse_jit(value) -> bool | str:
     raise ConfigError(f"jit_compile={value!r} is not one of auto, True, False")
 
 
-def resolve(precision: str = "auto", jit_compile="auto", device_kind: str = "cpu") -> Precision:
+def resolve(
+    precision: str = "auto",
+    jit_compile="auto",
+    device_kind: str = "cpu",
+    deterministic: bool = False,
+) -> Precision:
     """The policy and XLA choice for `device_kind`; a pure function of its arguments.
 
     Args:
       precision: one of PRECISIONS; "auto" takes the device's row of AUTO.
       jit_compile: True, False or "auto" (strings "true"/"false" accepted,
-        case-insensitive); "auto" takes the device's row of AUTO.
+        case-insensitive); "auto" takes the device's row of AUTO, or no XLA
+        when `deterministic`.
       device_kind: "cpu", "gpu" or "tpu" (see `device_kind`).
+      deterministic: whether TF op determinism will be on (config.deterministic).
 
     Raises:
-      ConfigError: an unknown value, or jit_compile=False on a TPU (TPUs
-        only run XLA-compiled steps), naming the config key.
+      ConfigError: an unknown value, jit_compile=False on a TPU (TPUs only
+        run XLA-compiled steps), or XLA together with `deterministic`,
+        naming the config key.
     """
     if device_kind not in DEVICE_KINDS:
         raise ConfigError(f"device kind {device_kind!r} is not one of {DEVICE_KINDS}")
@@ -86,10 +100,26 @@ def resolve(precision: str = "auto", jit_compile="auto", device_kind: str = "cpu
     jit = _parse_jit(jit_compile)
     auto_policy, auto_jit = AUTO[device_kind]
     policy = auto_policy if precision == "auto" else precision
-    jit = auto_jit if jit == "auto" else jit
+    if deterministic and (jit is True or device_kind == "tpu"):
+        raise ConfigError(
+            "deterministic=True cannot run XLA-compiled steps (Keras turns XLA off under TF "
+            "op determinism, and TPUs only run XLA): set jit_compile=False (or auto) off TPU, "
+            "or deterministic=False"
+        )
+    jit = (False if deterministic else auto_jit) if jit == "auto" else jit
     if device_kind == "tpu" and not jit:
         raise ConfigError("jit_compile=False cannot run on a TPU; use auto or True")
     return Precision(policy, jit)
+
+
+def resolve_config(config, device_kind: str) -> Precision:
+    """`resolve` on a config's keys; keys missing from an older config count as "auto"."""
+    return resolve(
+        config.get("precision", "auto"),
+        config.get("jit_compile", "auto"),
+        device_kind,
+        bool(config.get("deterministic", False)),
+    )
 
 
 def device_kind(strategy: tf.distribute.Strategy | None = None) -> str:
@@ -110,9 +140,7 @@ def configure(config, strategy: tf.distribute.Strategy | None = None) -> Precisi
     Call it before any model is built: a layer takes the global policy when
     it is created. Keys missing from an older config count as "auto".
     """
-    resolved = resolve(
-        config.get("precision", "auto"), config.get("jit_compile", "auto"), device_kind(strategy)
-    )
+    resolved = resolve_config(config, device_kind(strategy))
     keras.mixed_precision.set_global_policy(resolved.policy)
     return resolved
 

@@ -167,11 +167,7 @@ def train_one(
     train = config.train
     steps = train.steps_per_epoch or math.ceil(num_labeled / train.batch_size)
     total = int(round(steps * epochs))
-    resolved = precision.resolve(
-        config.get("precision", "auto"),
-        config.get("jit_compile", "auto"),
-        precision.device_kind(strategy),
-    )
+    resolved = precision.resolve_config(config, precision.device_kind(strategy))
     with strategy.scope():
         student = build_model(model_config, num_classes, image_size)
         if init_from is not None:
