@@ -47,6 +47,9 @@ def test_deterministic_runs_resolve_auto_to_no_xla(jit, kind, expected):
     # Keras compiles without XLA under TF op determinism; the resolved
     # setting (and what compile() is given) must say so.
     assert tuple(resolve("auto", jit, kind, deterministic=True)) == expected
+
+
+def test_resolve_config_reads_deterministic():
     assert precision.resolve_config({"deterministic": True}, "gpu").jit_compile is False
     assert precision.resolve_config({}, "gpu").jit_compile is True
 
