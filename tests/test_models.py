@@ -474,3 +474,17 @@ def test_initial_weights_are_distinct_per_layer_and_seeded_across_processes():
     ]
     sums = [line for run in runs for line in run.stdout.splitlines() if "CHECKSUM" in line]
     assert len(sums) == 2 and sums[0] == sums[1], [run.stderr[-1000:] for run in runs]
+
+
+def test_build_model_with_a_seed_ignores_what_was_built_before():
+    """The loop's weights depend on (seed, iteration), not on the process's build order."""
+    from noisy_student_tf.training.trainer import build_model
+    from tests.test_configs import load_config_module
+
+    block = load_config_module("digits.py").get_config("smoke").student
+    first = build_model(block, 10, 8, seed=3).get_weights()
+    build_model(block, 10, 8)  # a throwaway model moves the global generators
+    again = build_model(block, 10, 8, seed=3).get_weights()
+    other = build_model(block, 10, 8, seed=4).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))

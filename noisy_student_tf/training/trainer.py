@@ -37,8 +37,18 @@ __all__ = [
 ]
 
 
-def build_model(model_config, num_classes: int, image_size: int) -> keras.Model:
-    """The EfficientNet a config's `teacher` or `student` block describes."""
+def build_model(
+    model_config, num_classes: int, image_size: int, seed: int | None = None
+) -> keras.Model:
+    """The EfficientNet a config's `teacher` or `student` block describes.
+
+    With `seed`, the initial weights (and the dropout/stochastic-depth seed
+    generators) are a function of `seed` alone: the global generators are
+    reseeded first, so a model's weights do not depend on how many models
+    this process built before it (the loop passes seed + iteration).
+    """
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     overrides = {}
     for key in ("width_coefficient", "depth_coefficient", "batch_norm_momentum"):
         if model_config.get(key):
@@ -169,7 +179,7 @@ def train_one(
     total = int(round(steps * epochs))
     resolved = precision.resolve_config(config, precision.device_kind(strategy))
     with strategy.scope():
-        student = build_model(model_config, num_classes, image_size)
+        student = build_model(model_config, num_classes, image_size, seed=seed)
         if init_from is not None:
             student.set_weights(init_from.get_weights())
             fine_tune.freeze_shallow_layers(student, frozen_blocks)
