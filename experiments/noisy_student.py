@@ -23,9 +23,10 @@ import time
 
 from absl import flags, logging
 
-from noisy_student_tf import cli
+from noisy_student_tf import cli, loop
 from noisy_student_tf.data import sources
-from noisy_student_tf.training import config_checks, get_strategy, loop
+from noisy_student_tf.loop import config_checks
+from noisy_student_tf.training import get_strategy
 from noisy_student_tf.training.strategy import worker_failures_reported
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")

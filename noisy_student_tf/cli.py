@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 from absl import app, flags
 
+from noisy_student_tf.errors import ConfigError
+
+__all__ = ["ConfigError", "define_config_file", "fail", "run"]
+
 USAGE_EXIT_STATUS = 2  # the convention of argparse and most Unix tools
-
-
-class ConfigError(ValueError):
-    """A flag, config value or input file that the user must fix."""
 
 
 def fail(message: str) -> None:

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from noisy_student_tf import loop
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
+from noisy_student_tf.loop import config_checks
 from noisy_student_tf.models import VARIANTS, load_checkpoint
-from noisy_student_tf.training import config_checks, loop, trainer
+from noisy_student_tf.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")

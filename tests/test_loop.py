@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from noisy_student_tf import loop
 from noisy_student_tf.data.sources import SemiSupervisedData
-from noisy_student_tf.training import config_checks, loop, trainer
+from noisy_student_tf.loop import config_checks
+from noisy_student_tf.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments", "configs"))
@@ -242,7 +244,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.path.insert(0, "experiments/configs")
 import digits
 from noisy_student_tf.data import load_source
-from noisy_student_tf.training import loop
+from noisy_student_tf import loop
 config = digits.get_config("smoke")
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 try:
@@ -389,7 +391,7 @@ import json, sys
 import numpy as np
 sys.path.insert(0, "tests")
 from test_loop import _tiny_config, _tiny_data
-from noisy_student_tf.training import loop
+from noisy_student_tf import loop
 rows = []
 for run in range(2):
     config = _tiny_config()

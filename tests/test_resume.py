@@ -11,9 +11,11 @@ import pytest
 import tensorflow as tf
 from test_loop import _tiny_config, _tiny_data
 
+from noisy_student_tf import loop
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import pipeline
-from noisy_student_tf.training import loop, resume, stages
+from noisy_student_tf.loop import stages
+from noisy_student_tf.training import resume
 
 
 def test_stage_reuses_equal_settings_and_names_the_differing_key(tmp_path):

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from noisy_student_tf import loop
 from noisy_student_tf.data import ingest, records, schema, sources
-from noisy_student_tf.training import config_checks, loop
+from noisy_student_tf.loop import config_checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, CLASSES = 16, 3
@@ -155,7 +156,7 @@ def test_streamed_loop_labels_filters_and_trains_from_record_folders(record_sets
 
 
 def test_pseudo_label_accuracy_counts_records_with_true_labels(record_sets, stream_run, tmp_path):
-    from noisy_student_tf.training import record_stages
+    from noisy_student_tf.loop import record_stages
 
     workdir, _ = stream_run
     labeled_dir = os.path.join(workdir, "iteration_0_labeled")

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator
 
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
+from noisy_student_tf.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 MAX_NAMED_FAILURES = 20

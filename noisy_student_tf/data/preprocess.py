@@ -41,7 +41,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from noisy_student_tf.augment import ops as image_ops
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 CROP_PADDING = 32  # official noisystudent preprocessing.py: eval crop = S / (S + 32)
 SMALL_CROP_PAD = 4  # official `small_image_crop`: reflect-pad 4 px, crop back

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 SUFFIX = ".tfrecord"
 TMP_MARK = ".tmp-"  # PATH.tmp-<random>: a shard being written

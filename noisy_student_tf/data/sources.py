@@ -26,8 +26,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
+from noisy_student_tf.errors import ConfigError
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 PAPER_EPS = (1, 2, 4, 8, 16)  # Figure 7 of the paper
 PGD_STEPS = 10  # paper, section 3.3 ("PGD with 10 iterations")

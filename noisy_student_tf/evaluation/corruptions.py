@@ -33,7 +33,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 SEVERITIES = (1, 2, 3, 4, 5)
 REFERENCE_SIDE = 32  # make_cifar_c.py's IMSIZE: the side its pixel lengths are for

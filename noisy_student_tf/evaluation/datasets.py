@@ -20,10 +20,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.data.preprocess import eval_preprocess
 from noisy_student_tf.data.sources import TFDS_PREFIX, split_tfds_spec
+from noisy_student_tf.errors import ConfigError
 
 SHUFFLE_BUFFER = 100_000
 

@@ -40,8 +40,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data.preprocess import eval_preprocess
+from noisy_student_tf.errors import ConfigError
 
 # Top-5 is the second accuracy the paper reports on ImageNet (Table 2).
 TOP_K = 5

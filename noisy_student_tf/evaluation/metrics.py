@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 # Guo et al., "On Calibration of Modern Neural Networks" (ICML 2017), section 2:
 # ECE over 15 equal-width confidence bins.

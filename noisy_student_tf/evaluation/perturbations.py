@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 TRANSLATE_STEP = 1  # pixels per frame, make_cifar_p.py
 BRIGHTNESS_STEP = 0.015  # HSV value per frame, make_cifar_p.py: (i - 15) * 1.5 / 100

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.evaluation import adversarial, corruptions, metrics, perturbations, plots
 from noisy_student_tf.evaluation.served import as_served_model
 

@@ -26,7 +26,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 PREFERRED_SIGNATURES = ("serve", "serve_images_float", "serving_default")
 

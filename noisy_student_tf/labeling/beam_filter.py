@@ -54,8 +54,8 @@ from absl import logging
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
+from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling import record_refs, report
 from noisy_student_tf.labeling.select import (
     balanced_quota,

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 BALANCE_MODES = ("exact", "official")
 # Official filter_unlabel.py: candidate class thresholds are i / 100, i = 0..100.

@@ -38,8 +38,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
+from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.predict import softmax
 from noisy_student_tf.models import official_checkpoint
 from noisy_student_tf.models.checkpoint import is_keras_applications_weights, load_checkpoint

@@ -25,7 +25,7 @@ import os
 import keras
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.models import (
     layers,  # noqa: F401 - registers StochasticDepth
     official_checkpoint,

@@ -58,7 +58,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.models import efficientnet as en
 
 EMA_SUFFIX = "ExponentialMovingAverage"  # tf.train.ExponentialMovingAverage's default name

@@ -30,7 +30,7 @@ import h5py
 import keras
 import numpy as np
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.models import efficientnet as en
 
 # keras.applications constructor per variant.

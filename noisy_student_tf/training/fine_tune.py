@@ -22,7 +22,7 @@ import copy
 
 import keras
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 
 def enabled(config) -> bool:

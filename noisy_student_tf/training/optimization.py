@@ -25,7 +25,7 @@ import math
 
 import keras
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 OPTIMIZERS = ("rmsprop", "sgd", "adam")
 SCHEDULES = ("exponential", "cosine", "constant")

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 JIT_CHOICES = ("auto", True, False)

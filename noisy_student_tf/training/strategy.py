@@ -32,7 +32,7 @@ import re
 
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
+from noisy_student_tf.errors import ConfigError
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 LOGICAL_CPUS_ENV = "NOISY_STUDENT_LOGICAL_CPUS"

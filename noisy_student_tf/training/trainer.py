@@ -1,7 +1,7 @@
 """Training one model of the loop: build it from a config block, noise its
 input, fit it with the Noisy Student step, resume it after a kill.
 
-The loop (loop.py) decides what each model learns from; this module knows
+The loop (loop/runner.py) decides what each model learns from; this module knows
 how one model trains: `train_one` builds the EfficientNet a `teacher` /
 `student` block describes, wraps it in `NoisyStudent` (loss, moving
 average, online teacher), compiles it with the resolved precision, restores
@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import pipeline
 from noisy_student_tf.data import preprocess as preprocessing
+from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.models import build_efficientnet, load_checkpoint
 from noisy_student_tf.training import fine_tune, precision, progress, resume
 from noisy_student_tf.training.noisy_student import NoisyStudent
@@ -155,7 +155,7 @@ def train_one(
         stream (`pipeline.source_records`).
       num_labeled: labeled images; one epoch is one pass over them.
       unlabeled: the student's unbatched pseudo-labeled source (see
-        `loop.pseudo_labeled_stream`, `record_stages.balanced_stream`); None
+        `loop.runner.pseudo_labeled_stream`, `loop.record_stages.balanced_stream`); None
         trains on labeled images only (a teacher).
       name: labels its progress lines.
       log_dir: if set, receives TensorBoard scalars (loss terms, accuracy,

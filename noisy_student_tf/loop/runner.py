@@ -42,14 +42,15 @@ import tensorflow as tf
 from absl import logging
 
 from noisy_student_tf import evaluation, labeling
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import pipeline, records, schema, sources
 from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
+from noisy_student_tf.errors import ConfigError
+from noisy_student_tf.loop import record_stages, stages
+from noisy_student_tf.loop.config_checks import iteration_config, validate_config
+from noisy_student_tf.loop.results import format_table, plot, robustness
 from noisy_student_tf.models import load_checkpoint
-from noisy_student_tf.training import fine_tune, precision, record_stages, stages
-from noisy_student_tf.training.config_checks import iteration_config, validate_config
+from noisy_student_tf.training import fine_tune, precision
 from noisy_student_tf.training.noisy_student import smooth
-from noisy_student_tf.training.results import format_table, plot, robustness
 from noisy_student_tf.training.strategy import get_strategy
 from noisy_student_tf.training.trainer import (
     build_model,

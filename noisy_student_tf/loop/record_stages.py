@@ -23,10 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import pipeline, records, schema
 from noisy_student_tf.data.sources import RecordSource
-from noisy_student_tf.training.stages import Stage
+from noisy_student_tf.errors import ConfigError
+from noisy_student_tf.loop.stages import Stage
 
 STAGE_FILE = "stage.json"  # beside the tools' own manifest.json in each output folder
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import sources
+from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.select import validate_balance
 from noisy_student_tf.training import fine_tune, precision
 

@@ -22,8 +22,8 @@ import os
 
 import tensorflow as tf
 
-from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records
+from noisy_student_tf.errors import ConfigError
 
 # Config keys that change how a run executes but not what it computes, so a
 # run resumed with other values reuses its outputs (e.g. more iterations, or

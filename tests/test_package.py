@@ -1,0 +1,62 @@
+"""The library's layering: it stands on its own floor, below the command line."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+LIBRARY = pathlib.Path(__file__).resolve().parent.parent / "noisy_student_tf"
+COMMAND_LINE = {"absl.app", "absl.flags", "ml_collections.config_flags", "noisy_student_tf.cli"}
+
+LIBRARY_PACKAGES = (
+    "noisy_student_tf",
+    "noisy_student_tf.augment",
+    "noisy_student_tf.data",
+    "noisy_student_tf.evaluation",
+    "noisy_student_tf.labeling",
+    "noisy_student_tf.loop",
+    "noisy_student_tf.models",
+    "noisy_student_tf.training",
+)
+
+
+def test_the_library_never_imports_the_command_line():
+    """Every library package imported in a fresh process leaves `noisy_student_tf.cli` unloaded."""
+    code = (
+        "import importlib, sys\n"
+        f"for name in {LIBRARY_PACKAGES!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m == 'noisy_student_tf.cli'))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+
+
+def test_config_error_is_one_type_for_library_and_scripts():
+    from noisy_student_tf import cli, errors
+
+    assert cli.ConfigError is errors.ConfigError
+    assert issubclass(errors.ConfigError, ValueError)
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            names.add(node.module)
+    return names
+
+
+def test_no_library_module_imports_flags_or_the_cli():
+    """TensorFlow loads absl.app itself, so the rule is checked on our sources, not sys.modules."""
+    offenders = {
+        str(path.relative_to(LIBRARY)): sorted(_imported_modules(path) & COMMAND_LINE)
+        for path in LIBRARY.rglob("*.py")
+        if path.name != "cli.py"
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
