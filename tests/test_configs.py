@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from noisy_student_tf import loop
+from noisy_student_tf import configs, loop
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.loop import config_checks
@@ -45,11 +45,7 @@ FULL_BUILD = ("efficientnet-b0",)
 
 
 def load_config_module(name):
-    path = os.path.join(CONFIG_DIR, name)
-    spec = importlib.util.spec_from_file_location(f"config_{name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return configs.module(name.removesuffix(".py"))
 
 
 def get_config(name, arg):
@@ -66,6 +62,22 @@ def with_required_paths(config):
 def test_every_config_file_is_covered():
     found = {os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))}
     assert found == set(CONFIG_VARIANTS)
+    assert {f"{name}.py" for name in configs.NAMES} == set(CONFIG_VARIANTS)
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10_4k"])
+def test_the_script_paths_and_the_packaged_names_give_one_config(name):
+    """`experiments/configs/X.py` is the packaged config, not a copy."""
+    path = os.path.join(CONFIG_DIR, f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"script_config_{name}", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.get_config("smoke").to_dict() == configs.get(f"{name}:smoke").to_dict()
+
+
+def test_an_unknown_config_name_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown config 'digit'.*digits, cifar10_4k"):
+        configs.get("digit:smoke")
 
 
 @pytest.mark.parametrize("name,arg", CASES, ids=CASE_IDS)
@@ -102,7 +114,7 @@ def test_models_build_and_student_is_not_smaller(name, arg):
     )
     assert teacher.input_shape == student.input_shape == (None, size, size, 3)
     assert student.output_shape == (None, config.data.num_classes)
-    loop.check_student_size(teacher, student, config.allow_smaller_student)
+    trainer.check_student_size(teacher, student, config.allow_smaller_student)
 
 
 MODELS = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7")

@@ -241,8 +241,7 @@ _MIRRORED_BAD_BATCH = """
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-sys.path.insert(0, "experiments/configs")
-import digits
+from noisy_student_tf.configs import digits
 from noisy_student_tf.data import load_source
 from noisy_student_tf import loop
 config = digits.get_config("smoke")

@@ -209,7 +209,7 @@ SOURCES = ("digits", "tfrecord", "tfds")
 
 
 def load_source(data_config) -> SemiSupervisedData:
-    """Loads the source a config's `data` block names (see experiments/configs)."""
+    """Loads the source a config's `data` block names (see noisy_student_tf/configs)."""
     source = data_config.source
     if source == "digits":
         return load_digits(

@@ -24,7 +24,7 @@ checkpoint (resume.py, `train.save_every_steps`), and stops with a
 ConfigError naming the key when an output was made with other settings.
 
 Everything is configured by one ml_collections ConfigDict (see
-experiments/configs/digits.py for every key). `run` returns the results
+noisy_student_tf/configs/digits.py for every key). `run` returns the results
 dict that experiments/noisy_student.py writes to results.json.
 """
 
