@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from noisy_student_tf import configs, loop
+from noisy_student_tf import configs
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.loop import config_checks
