@@ -160,6 +160,8 @@ def get_config(arg=None):
     train.student_epochs = EPOCHS * train_ratio
     # main.py / utils.build_optimizer: RMSProp, decay 0.9, momentum 0.9, epsilon 1e-3
     train.optimizer = "rmsprop"
+    # TF1 tf.train.RMSPropOptimizer starts the mean square at ones (Keras: zeros)
+    train.rmsprop_second_moment_init = 1.0
     # paper: 0.128 at batch 2048; main.py --base_learning_rate=0.016 per 256.
     train.learning_rate = 0.128 * 256 / 2048
     train.schedule = "exponential"

@@ -107,6 +107,8 @@ def get_config(arg=None):
     train.teacher_epochs = EPOCHS
     train.student_epochs = EPOCHS
     train.optimizer = "rmsprop"  # main.py / utils.build_optimizer
+    # TF1 tf.train.RMSPropOptimizer starts the mean square at ones (Keras: zeros)
+    train.rmsprop_second_moment_init = 1.0
     train.learning_rate = 0.016  # main.py --base_learning_rate (per 256)
     train.schedule = "exponential"
     train.warmup_epochs = 5  # main.py: build_learning_rate(warmup_epochs=5)
