@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from noisy_student_tf.configs import imagenet, svhn
+from noisy_student_tf.models import build_efficientnet
+from noisy_student_tf.training import fine_tune
 from noisy_student_tf.training.optimization import TF1RMSprop, build_optimizer
 
 
@@ -64,3 +66,39 @@ def test_rmsprop_second_moment_init_round_trips_through_config():
 def test_paper_configs_start_rmsprop_at_ones(config):
     assert config.train.optimizer == "rmsprop"
     assert config.train.rmsprop_second_moment_init == 1.0
+
+
+def _deep_tiny(survival=0.2):
+    """Full depth (several blocks per stage, so residual branches to drop), tiny width."""
+    return build_efficientnet(
+        "efficientnet-b0",
+        num_classes=3,
+        input_shape=(16, 16, 3),
+        width_coefficient=0.1,
+        small_image=True,
+        final_survival_prob=survival,
+    )
+
+
+def test_frozen_blocks_run_in_inference_mode_during_a_training_call():
+    # Official main.py --fix_layer_num: the frozen blocks are called with
+    # training=False, so no stochastic depth and batch norm on moving statistics.
+    model = _deep_tiny()
+    frozen = 8  # block1a ... block4c: drop layers in block2b, 3b, 4b, 4c
+    last = fine_tune.block_prefixes(model)[frozen - 1]
+    assert last == "block4c_" and model.get_layer(f"{last}drop").survival_prob < 0.7
+    upto = keras.Model(model.input, model.get_layer(f"{last}add").output)
+    images = np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3)).astype("float32")
+    # Not frozen: a training call drops branches and normalises by batch
+    # moments (and moves the moving statistics, so inference is read after).
+    trained = keras.ops.convert_to_numpy(upto(images, training=True))
+    assert np.abs(trained - keras.ops.convert_to_numpy(upto(images))).max() > 1e-3
+    fine_tune.freeze_shallow_layers(model, frozen)
+    inference = keras.ops.convert_to_numpy(upto(images, training=False))
+    first = keras.ops.convert_to_numpy(upto(images, training=True))
+    second = keras.ops.convert_to_numpy(upto(images, training=True))
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, inference, rtol=1e-6, atol=1e-6)
+    # The trainable blocks after them still get their noise.
+    tail = model.get_layer(f"{fine_tune.block_prefixes(model)[-2]}drop")
+    assert tail.trainable and tail.survival_prob < 1.0

@@ -14,7 +14,10 @@ class StochasticDepth(keras.layers.Layer):
 
     In training the branch of a sample is either zeroed or divided by
     `survival_prob`, so its expectation is unchanged; at inference the layer is
-    the identity. This is `keras.layers.Dropout(1 - survival_prob,
+    the identity. A frozen layer (`trainable=False`) is the identity too, as a
+    frozen Keras BatchNormalization runs in inference mode: fine-tuning
+    freezes the shallow blocks, which the official code calls with
+    training=False (main.py --fix_layer_num, efficientnet_model.py). This is `keras.layers.Dropout(1 - survival_prob,
     noise_shape=(None, 1, 1, 1))` as in keras.applications, written out so the
     survival probability is a named, inspectable attribute.
 
@@ -25,7 +28,8 @@ class StochasticDepth(keras.layers.Layer):
 
     Call args:
         inputs: float tensor [B, ...], the residual branch.
-        training: bool; the branch is dropped only when True.
+        training: bool; the branch is dropped only when True and the layer
+            is trainable.
 
     Returns:
         Tensor of the same shape and dtype as `inputs`.
@@ -40,7 +44,7 @@ class StochasticDepth(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=False):
-        if not training or self.survival_prob == 1.0:
+        if not training or not self.trainable or self.survival_prob == 1.0:
             return inputs
         batch = keras.ops.shape(inputs)[0]
         noise_shape = (batch,) + (1,) * (len(inputs.shape) - 1)
