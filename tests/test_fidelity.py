@@ -12,7 +12,7 @@ import pytest
 
 from noisy_student_tf.configs import imagenet, svhn
 from noisy_student_tf.models import build_efficientnet
-from noisy_student_tf.training import fine_tune
+from noisy_student_tf.training import fine_tune, trainer
 from noisy_student_tf.training.optimization import TF1RMSprop, build_optimizer
 
 
@@ -102,3 +102,31 @@ def test_frozen_blocks_run_in_inference_mode_during_a_training_call():
     # The trainable blocks after them still get their noise.
     tail = model.get_layer(f"{fine_tune.block_prefixes(model)[-2]}drop")
     assert tail.trainable and tail.survival_prob < 1.0
+
+
+# noisystudent task_info.get_mean_std: per-task mean and stddev on the 0-255 scale.
+OFFICIAL_MEAN_STD_255 = {
+    "imagenet": ([0.485 * 255, 0.456 * 255, 0.406 * 255], [0.229 * 255, 0.224 * 255, 0.225 * 255]),
+    "svhn": (
+        [0.4376821 * 255, 0.4437697 * 255, 0.47280442 * 255],
+        [0.19803012 * 255, 0.20101562 * 255, 0.19703614 * 255],
+    ),
+}
+
+
+@pytest.mark.parametrize("task", ["imagenet", "svhn"])
+def test_model_normalises_its_input_with_the_tasks_official_statistics(task):
+    # The config's model block -> trainer.build_model -> the model's first layers.
+    config = svhn.get_config() if task == "svhn" else imagenet.get_config("b0")
+    model = trainer.build_model(config.student, num_classes=3, image_size=16)
+    normalised = keras.Model(model.input, model.get_layer("normalization").output)
+    pixels = np.random.default_rng(1).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    mean, std = (np.array(v, "float64") for v in OFFICIAL_MEAN_STD_255[task])
+    expected = (pixels - mean) / std  # official normalize: (x - mean) / stddev
+    got = keras.ops.convert_to_numpy(normalised(pixels))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_normalization_is_refused_with_the_valid_names():
+    with pytest.raises(ValueError, match="imagenet, svhn, advprop"):
+        build_efficientnet("efficientnet-b0", 3, (16, 16, 3), normalization="cifar")

@@ -77,6 +77,7 @@ def svhn_model(digits):
     block.randaugment_layers = 2  # main.py --randaug_layer default
     block.randaugment_variant = "official"  # the op levels the official run used
     block.cutout = True  # main.py --cutout_op=True: Cutout among RandAugment's ops
+    block.normalization = "svhn"  # task_info.get_mean_std('svhn'): SVHN's mean/std
     return block
 
 

@@ -66,20 +66,9 @@ EMA_SUFFIX = "ExponentialMovingAverage"  # tf.train.ExponentialMovingAverage's d
 # name); a plain tf.layers.BatchNormalization would be `batch_normalization`.
 BATCH_NORM_NAMES = ("tpu_batch_normalization", "batch_normalization")
 STATE_FILE = "checkpoint"  # tf.train.Saver's state file, names the latest prefix
-# name -> (mean, variance) of pixels scaled to [0, 1], what the model's
-# Normalization layer holds. imagenet: MEAN_RGB/STDDEV_RGB = (0.485, 0.456,
-# 0.406) * 255 / (0.229, 0.224, 0.225) * 255 (tensorflow/tpu
-# efficientnet_builder.py; noisystudent task_info.py); svhn: noisystudent
-# task_info.py; advprop: x * 2 / 255 - 1, i.e. mean 0.5, stddev 0.5
-# (tensorflow/tpu eval_ckpt_main.py, --advprop_preprocessing).
-NORMALIZATIONS = {
-    "imagenet": (en.IMAGENET_MEAN_RGB, tuple(s * s for s in en.IMAGENET_STDDEV_RGB)),
-    "svhn": (
-        (0.4376821, 0.4437697, 0.47280442),
-        tuple(s * s for s in (0.19803012, 0.20101562, 0.19703614)),
-    ),
-    "advprop": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-}
+# The input statistics a checkpoint was trained with: the model's own table
+# (imagenet, svhn, advprop; sources cited in efficientnet.py).
+NORMALIZATIONS = en.NORMALIZATIONS
 _SCOPE = re.compile(r"^((?:.+/)?efficientnet-[^/]+)/(?:stem|blocks_\d+|head)/")
 
 
