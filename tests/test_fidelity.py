@@ -5,13 +5,18 @@ efficientnet_model.py) and TF1's own kernels, recomputed here in numpy or
 with the TF1 op itself, independently of the code under test.
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import ml_collections
 import numpy as np
 import pytest
 
 from noisy_student_tf.configs import imagenet, svhn
-from noisy_student_tf.models import build_efficientnet
+from noisy_student_tf.models import build_efficientnet, layers, load_checkpoint
 from noisy_student_tf.training import fine_tune, trainer
 from noisy_student_tf.training.optimization import TF1RMSprop, build_optimizer
 
@@ -130,3 +135,72 @@ def test_model_normalises_its_input_with_the_tasks_official_statistics(task):
 def test_unknown_normalization_is_refused_with_the_valid_names():
     with pytest.raises(ValueError, match="imagenet, svhn, advprop"):
         build_efficientnet("efficientnet-b0", 3, (16, 16, 3), normalization="cifar")
+
+
+def _official_num_shards_per_group(num_shards):
+    """noisystudent utils.TpuBatchNormalization._moments with --num_shards_per_group=-1."""
+    if num_shards <= 8:
+        return 1  # "Skip cross_replica for 2x2 or smaller slices."
+    return max(8, num_shards // 8)
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 8, 16, 32, 64, 128, 256, 512, 1024, 2048])
+def test_official_group_rule(replicas):
+    expected = _official_num_shards_per_group(replicas)
+    assert layers.official_group_size(replicas) == expected
+    assert layers.resolve_group_size(-1, replicas) == expected
+
+
+def test_group_size_must_divide_the_replicas():
+    assert layers.resolve_group_size(2, 4) == 2
+    with pytest.raises(ValueError, match="batch_norm_group_size=3"):
+        layers.resolve_group_size(3, 4)
+
+
+def test_grouped_batch_norm_over_4_replicas_equals_one_device_per_group():
+    script = os.path.join(os.path.dirname(__file__), "grouped_batch_norm_replicas.py")
+    result = subprocess.run(
+        [sys.executable, script], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 4
+    assert report["group"] < 1e-5  # each replica = one device on its group's 6 images
+    assert report["all"] > 1e-2 and report["own"] > 1e-2  # neither global nor per replica
+
+
+def test_imagenet_models_use_the_official_grouping_and_round_trip(tmp_path):
+    config = imagenet.get_config("b0,smoke")
+    assert config.student.batch_norm_group_size == -1
+    model = trainer.build_model(config.student, num_classes=3, image_size=32)
+    norms = [x for x in model.layers if isinstance(x, keras.layers.BatchNormalization)]
+    assert norms and all(isinstance(x, layers.GroupedBatchNormalization) for x in norms)
+    assert {x.group_size for x in norms} == {-1}
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    # One replica: groups of one, i.e. plain batch norm.
+    plain = trainer.build_model(svhn.get_config("smoke").student, 3, 32)
+    assert not any(isinstance(x, layers.GroupedBatchNormalization) for x in plain.layers)
+    model.save(tmp_path / "m.keras")
+    loaded = load_checkpoint(str(tmp_path / "m.keras"))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(images)),
+        keras.ops.convert_to_numpy(model(images)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="choose one"):
+        build_efficientnet(
+            "efficientnet-b0", 3, (16, 16, 3), sync_batch_norm=True, batch_norm_group_size=2
+        )
+
+
+def test_grouped_batch_norm_on_one_replica_is_plain_batch_norm():
+    x = np.random.default_rng(2).normal(size=(6, 4, 4, 5)).astype("float32")
+    grouped = layers.GroupedBatchNormalization(group_size=-1)
+    plain = keras.layers.BatchNormalization()
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(grouped(x, training=True)),
+        keras.ops.convert_to_numpy(plain(x, training=True)),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -116,6 +116,9 @@ def imagenet_model(digits, name):
     block.depth_coefficient = depth  # builder
     block.small_image = False  # 224 px and up: the standard EfficientNet
     block.batch_norm_momentum = 0.99  # builder (official GlobalParams)
+    # utils.TpuBatchNormalization with main.py --num_shards_per_group=-1: moments
+    # over groups of max(8, replicas // 8) replicas beyond 8 (per replica up to 8).
+    block.batch_norm_group_size = -1
     block.randaugment_layers = 2  # main.py --randaug_layer=2 (paper: N=2)
     block.randaugment_variant = "official"  # the op levels the paper's runs used
     block.cutout = True  # main.py --cutout_op=True: Cutout among RandAugment's ops

@@ -16,7 +16,11 @@ from typing import NamedTuple
 
 import keras
 
-from noisy_student_tf.models.layers import StochasticDepth
+from noisy_student_tf.models.layers import (
+    OFFICIAL_GROUP_RULE,
+    GroupedBatchNormalization,
+    StochasticDepth,
+)
 
 # name -> (width_coefficient, depth_coefficient, resolution, dropout_rate).
 # Official `efficientnet_builder.efficientnet_params` (tensorflow/tpu and
@@ -79,6 +83,12 @@ DEFAULT_OVERRIDES = {
     # the moments across groups of `--num_shards_per_group` TPU cores (main.py),
     # for large slices where each core's batch gets small.
     "sync_batch_norm": False,
+    # Batch-norm moments over groups of this many consecutive replicas
+    # (GroupedBatchNormalization): 1 = each replica's own batch; -1 = the
+    # official rule, groups of max(8, replicas // 8) beyond 8 replicas
+    # (noisystudent utils.TpuBatchNormalization, main.py
+    # --num_shards_per_group=-1).
+    "batch_norm_group_size": 1,
     # The input statistics (a NORMALIZATIONS key): the official code
     # normalised each task with its own (noisystudent task_info.get_mean_std).
     "normalization": "imagenet",
@@ -293,6 +303,20 @@ def _resolve(name, num_classes, input_shape, dropout_rate, final_survival_prob, 
         raise ValueError(
             f"batch_norm_momentum must be in [0, 1), got {config['batch_norm_momentum']!r}."
         )
+    group = config["batch_norm_group_size"]
+    if (
+        isinstance(group, bool)
+        or not isinstance(group, int)
+        or not (group >= 1 or group == OFFICIAL_GROUP_RULE)
+    ):
+        raise ValueError(
+            f"batch_norm_group_size must be an int >= 1, or -1 (the official rule), got {group!r}."
+        )
+    if group != 1 and config["sync_batch_norm"]:
+        raise ValueError(
+            f"sync_batch_norm (all replicas) and batch_norm_group_size={group} (groups) "
+            "both set; choose one."
+        )
     if config["normalization"] not in NORMALIZATIONS:
         raise ValueError(
             f"Unknown normalization {config['normalization']!r}; valid names: "
@@ -339,7 +363,9 @@ def build_efficientnet(
             small_image), small_image (bool: the official 32 px variant with
             stride 1 in stages 2 and 3), batch_norm_momentum,
             batch_norm_epsilon, depth_divisor, sync_batch_norm (bool: batch-norm
-            statistics all-reduced across replicas), normalization (a
+            statistics all-reduced across replicas), batch_norm_group_size
+            (int: moments over groups of this many replicas; -1 the official
+            rule; 1, the default, per replica), normalization (a
             `NORMALIZATIONS` key: the input mean/std, "imagenet" by default,
             "svhn" for the official SVHN runs). None keeps the default.
 
@@ -355,11 +381,13 @@ def build_efficientnet(
     width, divisor = cfg["width_coefficient"], cfg["depth_divisor"]
 
     def bn(layer_name):
+        settings = dict(
+            momentum=cfg["batch_norm_momentum"], epsilon=cfg["batch_norm_epsilon"], name=layer_name
+        )
+        if cfg["batch_norm_group_size"] != 1:
+            return GroupedBatchNormalization(group_size=cfg["batch_norm_group_size"], **settings)
         return keras.layers.BatchNormalization(
-            momentum=cfg["batch_norm_momentum"],
-            epsilon=cfg["batch_norm_epsilon"],
-            synchronized=bool(cfg["sync_batch_norm"]),
-            name=layer_name,
+            synchronized=bool(cfg["sync_batch_norm"]), **settings
         )
 
     inputs = keras.Input(shape=cfg["input_shape"], name="images")
