@@ -14,8 +14,11 @@ import keras
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from noisy_student_tf.configs import imagenet, svhn
+from noisy_student_tf.data import preprocess
+from noisy_student_tf.evaluation import export
 from noisy_student_tf.models import build_efficientnet, layers, load_checkpoint
 from noisy_student_tf.training import fine_tune, trainer
 from noisy_student_tf.training.optimization import TF1RMSprop, build_optimizer
@@ -204,3 +207,59 @@ def test_grouped_batch_norm_on_one_replica_is_plain_batch_norm():
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def _official_center_crop(image, size):
+    """noisystudent preprocessing.center_crop's box: S / (S + 32) of the shorter side."""
+    h, w = image.shape[:2]
+    side = int(size / (size + 32) * min(h, w))
+    top, left = (h - side + 1) // 2, (w - side + 1) // 2
+    return image[top : top + side, left : left + side]
+
+
+def _tf1_eval_view(image, size):
+    crop = _official_center_crop(image, size)
+    resized = tf.compat.v1.image.resize_bicubic(
+        crop[None], [size, size], align_corners=False, half_pixel_centers=False
+    )
+    return resized[0].numpy()
+
+
+@pytest.mark.parametrize("height, width, size", [(375, 500, 224), (500, 375, 240), (90, 70, 64)])
+def test_official_eval_resize_equals_tf1_resize_bicubic(height, width, size):
+    image = np.random.default_rng(height).integers(0, 256, (height, width, 3)).astype("uint8")
+    expected = _tf1_eval_view(image, size)
+    got = preprocess.eval_preprocess(image, size, small_image=False, resize="official")
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
+    batch = preprocess.eval_preprocess(np.stack([image] * 2), size, False, "official")
+    np.testing.assert_allclose(batch.numpy()[1], expected, rtol=0, atol=1e-5)
+    # Ours (TF2 bicubic, uint8) is a different view of the same crop.
+    ours = preprocess.eval_preprocess(image, size, small_image=False).numpy()
+    assert np.abs(ours.astype("float32") - expected).max() > 1.0
+    with pytest.raises(ValueError, match="tf2, official"):
+        preprocess.eval_preprocess(image, size, resize="bilinear")
+
+
+def test_export_applies_the_models_eval_resize(tmp_path):
+    model = build_efficientnet(
+        "efficientnet-b0", 3, (32, 32, 3), width_coefficient=0.1, depth_coefficient=0.1
+    )
+    assert preprocess.eval_resize_of(model) == "tf2"
+    setattr(model, preprocess.EVAL_RESIZE_ATTR, "official")  # as the converter marks it
+    assert preprocess.eval_resize_of(model) == "official"
+    export.export_saved_model(model, str(tmp_path / "sm"), small_image=False)
+    image = np.random.default_rng(3).integers(0, 256, (40, 50, 3)).astype("uint8")
+    served = tf.saved_model.load(str(tmp_path / "sm")).signatures["serve_images"]
+    logits = served(images=tf.constant(image[None]))["logits"].numpy()
+    expected = model(_tf1_eval_view(image, 32)[None], training=False)
+    np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_a_converted_official_checkpoint_asks_for_the_official_resize(tmp_path):
+    from test_official_checkpoint import make_checkpoint  # the official-name writer
+
+    source = build_efficientnet("efficientnet-b0", num_classes=4, input_shape=(32, 32, 3))
+    prefix, _, _ = make_checkpoint(str(tmp_path), source, "efficientnet-b0")
+    teacher = load_checkpoint(prefix, image_size=32)
+    assert preprocess.eval_resize_of(teacher) == "official"

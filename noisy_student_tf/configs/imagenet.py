@@ -45,6 +45,14 @@ Where our loop differs from the official code:
 - one `train` block for teacher and student: a B0-B4 teacher gets the
   student's 700-epoch schedule (the official EfficientNet baselines,
   tensorflow/tpu efficientnet main.py, trained 350 epochs).
+- the eval view (labeling, test accuracy) resizes with TF2 bicubic rounded
+  to uint8; the official one used TF1 resize_bicubic in float
+  (preprocessing.py). `eval_preprocess(resize="official")` reproduces it and
+  an exported official checkpoint serves it, but the loop does not use it.
+Matching the official code (no longer differences): RMSProp's mean square
+starts at ones (train.rmsprop_second_moment_init), batch-norm moments over
+groups of replicas by the official rule (batch_norm_group_size=-1), and
+fine-tuning runs its frozen blocks in inference mode.
 """
 
 import ml_collections

@@ -58,6 +58,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from noisy_student_tf.data.preprocess import EVAL_RESIZE_ATTR
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.models import efficientnet as en
 
@@ -353,7 +354,9 @@ def convert_official_checkpoint(
             dropout_rate).
 
     Returns:
-        A `keras.Model` named after the variant (pixels in [0, 255] -> logits).
+        A `keras.Model` named after the variant (pixels in [0, 255] -> logits),
+        whose `eval_resize` attribute is "official" (see
+        `data.preprocess.eval_resize_of`).
 
     Raises:
         FileNotFoundError: no such checkpoint.
@@ -378,6 +381,10 @@ def convert_official_checkpoint(
     model = en.build_efficientnet(variant, classes, **build_kwargs)
     report = load_official_weights(model, prefix, prefer_ema=prefer_ema, scope=scope)
     en.set_normalization(model.get_layer("normalization"), *NORMALIZATIONS[normalization])
+    # Its published accuracy was measured on the official eval view (TF1
+    # bicubic, float): eval_preprocess(resize=eval_resize_of(model)) gives it.
+    # A plain attribute: a `.keras` file saved from this model drops it.
+    setattr(model, EVAL_RESIZE_ATTR, "official")
     logging.info(
         "%s from %s (scope %s): %d weights from %s shadows, %d raw, %d entries ignored",
         variant,
