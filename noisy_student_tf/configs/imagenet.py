@@ -45,6 +45,14 @@ Where our loop differs from the official code:
 - one `train` block for teacher and student: a B0-B4 teacher gets the
   student's 700-epoch schedule (the official EfficientNet baselines,
   tensorflow/tpu efficientnet main.py, trained 350 epochs).
+- the eval view (labeling, test accuracy) resizes with TF2 bicubic rounded
+  to uint8; the official one used TF1 resize_bicubic in float
+  (preprocessing.py). `eval_preprocess(resize="official")` reproduces it and
+  an exported official checkpoint serves it, but the loop does not use it.
+Matching the official code (no longer differences): RMSProp's mean square
+starts at ones (train.rmsprop_second_moment_init), batch-norm moments over
+groups of replicas by the official rule (batch_norm_group_size=-1), and
+fine-tuning runs its frozen blocks in inference mode.
 """
 
 import ml_collections
@@ -116,6 +124,9 @@ def imagenet_model(digits, name):
     block.depth_coefficient = depth  # builder
     block.small_image = False  # 224 px and up: the standard EfficientNet
     block.batch_norm_momentum = 0.99  # builder (official GlobalParams)
+    # utils.TpuBatchNormalization with main.py --num_shards_per_group=-1: moments
+    # over groups of max(8, replicas // 8) replicas beyond 8 (per replica up to 8).
+    block.batch_norm_group_size = -1
     block.randaugment_layers = 2  # main.py --randaug_layer=2 (paper: N=2)
     block.randaugment_variant = "official"  # the op levels the paper's runs used
     block.cutout = True  # main.py --cutout_op=True: Cutout among RandAugment's ops
@@ -160,6 +171,8 @@ def get_config(arg=None):
     train.student_epochs = EPOCHS * train_ratio
     # main.py / utils.build_optimizer: RMSProp, decay 0.9, momentum 0.9, epsilon 1e-3
     train.optimizer = "rmsprop"
+    # TF1 tf.train.RMSPropOptimizer starts the mean square at ones (Keras: zeros)
+    train.rmsprop_second_moment_init = 1.0
     # paper: 0.128 at batch 2048; main.py --base_learning_rate=0.016 per 256.
     train.learning_rate = 0.128 * 256 / 2048
     train.schedule = "exponential"

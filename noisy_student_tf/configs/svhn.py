@@ -77,6 +77,7 @@ def svhn_model(digits):
     block.randaugment_layers = 2  # main.py --randaug_layer default
     block.randaugment_variant = "official"  # the op levels the official run used
     block.cutout = True  # main.py --cutout_op=True: Cutout among RandAugment's ops
+    block.normalization = "svhn"  # task_info.get_mean_std('svhn'): SVHN's mean/std
     return block
 
 
@@ -107,6 +108,8 @@ def get_config(arg=None):
     train.teacher_epochs = EPOCHS
     train.student_epochs = EPOCHS
     train.optimizer = "rmsprop"  # main.py / utils.build_optimizer
+    # TF1 tf.train.RMSPropOptimizer starts the mean square at ones (Keras: zeros)
+    train.rmsprop_second_moment_init = 1.0
     train.learning_rate = 0.016  # main.py --base_learning_rate (per 256)
     train.schedule = "exponential"
     train.warmup_epochs = 5  # main.py: build_learning_rate(warmup_epochs=5)

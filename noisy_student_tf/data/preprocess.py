@@ -26,9 +26,11 @@ reproducible under any tf.data parallelism. All ops are core TF in graph (no
 tf.py_function, no tensorflow-addons).
 
 Differences from the official TF1 code, all small:
-  * Resizes use TF2 bicubic (half-pixel centers); TF1's `resize_bicubic` used
-    the legacy corner alignment. Results are rounded to uint8 (the official
-    train path truncated, its eval path kept floats).
+  * Resizes use TF2 bicubic (Keys a = -0.5, half-pixel centers); TF1's
+    `resize_bicubic` used a = -0.75 on the legacy corner grid. Results are
+    rounded to uint8 (the official train path truncated, its eval path kept
+    floats). The `official` eval resize (`tf1_resize_bicubic`, float output)
+    reproduces the official eval view exactly, for official checkpoints.
   * The extra Cutout's center is drawn per image like the official one
     (uniform over all pixels), and like it the square is clipped at the
     border, so a corner center leaves only a quarter of it.
@@ -51,6 +53,17 @@ ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)  # width / height
 MIN_OBJECT_COVERED = 0.1
 MAX_ATTEMPTS = 10
 LARGE_IMAGE_SIDE = 224  # the official ImageNet path starts at B0's 224 px
+# Eval resizes: "tf2" (ours: TF2 bicubic, uint8) or "official" (TF1
+# resize_bicubic as the official eval called it, float32).
+EVAL_RESIZES = ("tf2", "official")
+# A model converted from an official checkpoint carries this attribute set to
+# "official" (models/official_checkpoint.py); `eval_resize_of` reads it.
+EVAL_RESIZE_ATTR = "eval_resize"
+# TF1 ResizeBicubic (tensorflow/core/kernels/image/resize_bicubic_op.cc, the
+# legacy path taken when half_pixel_centers=False): cubic convolution with
+# a = -0.75 whose weights come from a table of 1024 steps per pixel.
+TF1_BICUBIC_A = -0.75
+TF1_BICUBIC_TABLE_SIZE = 1024
 MODES = ("official", "randaugment_only", "none")
 
 Augment = Callable[..., tf.Tensor]
@@ -235,17 +248,89 @@ def random_resized_crop(images, image_size, seed):
     return out[0] if single else out
 
 
+def _tf1_cubic(x, a=TF1_BICUBIC_A):
+    """Keys' cubic kernel at distance x in [0, 2), in float64 (as TF1 built its table)."""
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return tf.where(x < 1, near, far)
+
+
+def _tf1_bicubic_taps(in_size, out_size):
+    """TF1 legacy bicubic taps of one axis: 4 x int32 [out] indices, 4 x float32 [out] weights.
+
+    Output pixel o reads input position o * in / out (corner grid, float32
+    arithmetic as the kernel), taps at floor - 1 ... floor + 2 clamped to the
+    image (a clamped tap repeats the edge pixel), weights from the kernel at
+    the fraction rounded to 1/1024 (the op's table lookup).
+    """
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    position = tf.cast(tf.range(out_size), tf.float32) * scale
+    base = tf.floor(position)
+    # lrintf: round half to even, as tf.round.
+    offset = tf.round((position - base) * TF1_BICUBIC_TABLE_SIZE)
+    fraction = tf.cast(offset, tf.float64) / TF1_BICUBIC_TABLE_SIZE
+    distances = (1.0 + fraction, fraction, 1.0 - fraction, 2.0 - fraction)
+    weights = [tf.cast(_tf1_cubic(d), tf.float32) for d in distances]
+    base = tf.cast(base, tf.int32)
+    indices = [tf.clip_by_value(base + tap, 0, in_size - 1) for tap in (-1, 0, 1, 2)]
+    return indices, weights
+
+
+def _weighted_taps(images, axis, indices, weights):
+    """sum_k images[index_k] * weight_k along `axis`, summed left to right as the kernel."""
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    total = None
+    for index, weight in zip(indices, weights):
+        term = tf.gather(images, index, axis=axis) * tf.reshape(weight, shape)
+        total = term if total is None else total + term
+    return total
+
+
+def tf1_resize_bicubic(images, image_size):
+    """TF1 `tf.image.resize_bicubic(images, [S, S])` with its defaults, in float32.
+
+    The official evaluation view's resize (noisystudent preprocessing.py
+    `center_crop`, tensorflow/tpu's of the same era): align_corners=False and
+    the legacy (not half-pixel) grid, Keys a = -0.75, float output neither
+    rounded nor clipped. Built from gathers and multiply-adds in the kernel's
+    order (rows first, then columns), so it runs wherever those do.
+
+    Args:
+      images: uint8 [H, W, 3] or [B, H, W, 3].
+      image_size: output side S.
+
+    Returns:
+      float32 [S, S, 3] or [B, S, S, 3].
+    """
+    batch, single = _as_batch(images)
+    batch = tf.cast(batch, tf.float32)
+    shape = tf.shape(batch)
+    rows = _weighted_taps(batch, 1, *_tf1_bicubic_taps(shape[1], image_size))
+    out = _weighted_taps(rows, 2, *_tf1_bicubic_taps(shape[2], image_size))
+    return out[0] if single else out
+
+
+def eval_resize_of(model) -> str:
+    """The eval resize a model needs: "official" for a converted official checkpoint."""
+    return getattr(model, EVAL_RESIZE_ATTR, "tf2")
+
+
 def _resize_small(image, image_size):
     resized = tf.image.resize(image, [image_size, image_size], antialias=True)
     return _to_uint8(resized)
 
 
-def eval_preprocess(images, image_size, small_image=None):
+def eval_preprocess(images, image_size, small_image=None, resize="tf2"):
     """The clean view for evaluation, labeling and the online teacher.
 
     Large images: the official center crop (`center_crop_box`) + bicubic
     resize. Small images: the image as it is, as the official code does for
     CIFAR/SVHN; an image of another size is resized (bilinear, antialiased).
+    resize="official" takes the official eval's TF1 bicubic resize
+    (`tf1_resize_bicubic`) and returns float32, as the official eval fed
+    its models: use it with official checkpoints (`eval_resize_of`) to
+    reproduce their published accuracy.
 
     An image already image_size x image_size is returned as it is on both
     paths: in-memory sources and the loop's pool shards store images at the
@@ -256,10 +341,17 @@ def eval_preprocess(images, image_size, small_image=None):
         of any size, or a uint8 batch [B, H, W, 3].
       image_size: the model's input side.
       small_image: which path; None picks small below LARGE_IMAGE_SIDE.
+      resize: one of EVAL_RESIZES.
 
     Returns:
-      uint8 [image_size, image_size, 3] (or [B, ...] for a batch).
+      uint8 [image_size, image_size, 3] (or [B, ...] for a batch); float32
+      with resize="official".
+
+    Raises:
+      ValueError: an unknown resize.
     """
+    if resize not in EVAL_RESIZES:
+        raise ValueError(f"resize={resize!r}; expected one of {', '.join(EVAL_RESIZES)}")
     if small_image is None:
         small_image = image_size < LARGE_IMAGE_SIDE
     images = tf.convert_to_tensor(images)
@@ -269,13 +361,21 @@ def eval_preprocess(images, image_size, small_image=None):
     batch, single = _as_batch(images)
     shape = tf.shape(batch)
 
+    box = center_crop_box(shape[1], shape[2], image_size)
+    official = resize == "official"
+
     def view():
         if small_image:
-            return _resize_small(batch, image_size)
-        return crop_and_resize(batch, center_crop_box(shape[1], shape[2], image_size), image_size)
+            resized = _resize_small(batch, image_size)
+            return tf.cast(resized, tf.float32) if official else resized
+        if official:
+            crop = batch[:, box[0] : box[0] + box[2], box[1] : box[1] + box[3], :]
+            return tf1_resize_bicubic(crop, image_size)
+        return crop_and_resize(batch, box, image_size)
 
     same = tf.reduce_all(shape[1:3] == image_size)
-    out = tf.cond(same, lambda: batch, view)
+    as_is = tf.cast(batch, tf.float32) if official else batch
+    out = tf.cond(same, lambda: as_is, view)
     out = tf.ensure_shape(out, [None, image_size, image_size, 3])
     return out[0] if single else out
 

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf.data.preprocess import eval_preprocess
+from noisy_student_tf.data.preprocess import eval_preprocess, eval_resize_of
 from noisy_student_tf.errors import ConfigError
 
 # Top-5 is the second accuracy the paper reports on ImageNet (Table 2).
@@ -88,6 +88,7 @@ def export_saved_model(
     class_names: Sequence[str] | None = None,
     top_k: int = TOP_K,
     small_image: bool | None = None,
+    resize: str | None = None,
 ) -> str:
     """Writes `model` (inference mode) as a TF SavedModel at `path`.
 
@@ -102,6 +103,9 @@ def export_saved_model(
         False the center crop + bicubic resize; None picks by the model's
         size, as the eval pipeline does. Pass the model config's
         `small_image` when it differs from that default.
+      resize: the evaluation view's resize (`eval_preprocess`); None takes
+        the model's own (`eval_resize_of`: "official" for a converted
+        official checkpoint, whose view is then float32).
 
     Returns:
       `path`.
@@ -112,7 +116,8 @@ def export_saved_model(
     """
     size = _image_size(model)
     k, names = _check_head(model, class_names, top_k)
-    view = tf.TensorSpec([size, size, 3], tf.uint8)
+    resize = resize or eval_resize_of(model)
+    view = tf.TensorSpec([size, size, 3], tf.float32 if resize == "official" else tf.uint8)
 
     # Traced once and called by every signature: tracing the Keras model is
     # most of an export's time.
@@ -142,19 +147,19 @@ def export_saved_model(
     def serving_default(image_bytes):
         # One image at a time: encoded images in a batch may differ in size.
         pixels = tf.map_fn(
-            lambda encoded: eval_preprocess(encoded, size, small_image),
+            lambda encoded: eval_preprocess(encoded, size, small_image, resize),
             image_bytes,
             fn_output_signature=view,
         )
         return named_outputs(pixels)
 
     def serve_images(images):
-        return named_outputs(eval_preprocess(images, size, small_image))
+        return named_outputs(eval_preprocess(images, size, small_image, resize))
 
     def serve_images_float(images):
         # The rounding the pipeline applies when it stores a resized image.
         pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
-        return named_outputs(eval_preprocess(pixels, size, small_image))
+        return named_outputs(eval_preprocess(pixels, size, small_image, resize))
 
     def spec(shape, dtype, name):
         return [tf.TensorSpec(shape, dtype, name=name)]

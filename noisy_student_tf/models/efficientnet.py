@@ -16,7 +16,11 @@ from typing import NamedTuple
 
 import keras
 
-from noisy_student_tf.models.layers import StochasticDepth
+from noisy_student_tf.models.layers import (
+    OFFICIAL_GROUP_RULE,
+    GroupedBatchNormalization,
+    StochasticDepth,
+)
 
 # name -> (width_coefficient, depth_coefficient, resolution, dropout_rate).
 # Official `efficientnet_builder.efficientnet_params` (tensorflow/tpu and
@@ -79,6 +83,15 @@ DEFAULT_OVERRIDES = {
     # the moments across groups of `--num_shards_per_group` TPU cores (main.py),
     # for large slices where each core's batch gets small.
     "sync_batch_norm": False,
+    # Batch-norm moments over groups of this many consecutive replicas
+    # (GroupedBatchNormalization): 1 = each replica's own batch; -1 = the
+    # official rule, groups of max(8, replicas // 8) beyond 8 replicas
+    # (noisystudent utils.TpuBatchNormalization, main.py
+    # --num_shards_per_group=-1).
+    "batch_norm_group_size": 1,
+    # The input statistics (a NORMALIZATIONS key): the official code
+    # normalised each task with its own (noisystudent task_info.get_mean_std).
+    "normalization": "imagenet",
 }
 DEFAULT_FINAL_SURVIVAL_PROB = 0.8
 
@@ -105,9 +118,24 @@ def dense_initializer() -> keras.initializers.Initializer:
     )
 
 
-# ImageNet RGB statistics, as keras.applications.efficientnet applies them.
+# ImageNet RGB statistics, as keras.applications.efficientnet applies them
+# (tensorflow/tpu efficientnet_builder MEAN_RGB/STDDEV_RGB, / 255).
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+# SVHN RGB statistics of the official SVHN runs: noisystudent task_info.py
+# get_mean_std('svhn') (mean 0.4376821, 0.4437697, 0.47280442 and stddev
+# 0.19803012, 0.20101562, 0.19703614, each times 255 there).
+SVHN_MEAN_RGB = (0.4376821, 0.4437697, 0.47280442)
+SVHN_STDDEV_RGB = (0.19803012, 0.20101562, 0.19703614)
+# name -> (mean, variance) of pixels scaled to [0, 1]: what the model's
+# Normalization layer holds (the `normalization` setting). advprop: x * 2 /
+# 255 - 1, i.e. mean 0.5, stddev 0.5 (tensorflow/tpu eval_ckpt_main.py,
+# --advprop_preprocessing), for AdvProp checkpoints.
+NORMALIZATIONS = {
+    "imagenet": (IMAGENET_MEAN_RGB, tuple(s * s for s in IMAGENET_STDDEV_RGB)),
+    "svhn": (SVHN_MEAN_RGB, tuple(s * s for s in SVHN_STDDEV_RGB)),
+    "advprop": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
 
 
 def round_filters(filters, width_coefficient, divisor=8):
@@ -275,6 +303,25 @@ def _resolve(name, num_classes, input_shape, dropout_rate, final_survival_prob, 
         raise ValueError(
             f"batch_norm_momentum must be in [0, 1), got {config['batch_norm_momentum']!r}."
         )
+    group = config["batch_norm_group_size"]
+    if (
+        isinstance(group, bool)
+        or not isinstance(group, int)
+        or not (group >= 1 or group == OFFICIAL_GROUP_RULE)
+    ):
+        raise ValueError(
+            f"batch_norm_group_size must be an int >= 1, or -1 (the official rule), got {group!r}."
+        )
+    if group != 1 and config["sync_batch_norm"]:
+        raise ValueError(
+            f"sync_batch_norm (all replicas) and batch_norm_group_size={group} (groups) "
+            "both set; choose one."
+        )
+    if config["normalization"] not in NORMALIZATIONS:
+        raise ValueError(
+            f"Unknown normalization {config['normalization']!r}; valid names: "
+            f"{', '.join(NORMALIZATIONS)}."
+        )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
     if input_shape is None:
@@ -316,12 +363,16 @@ def build_efficientnet(
             small_image), small_image (bool: the official 32 px variant with
             stride 1 in stages 2 and 3), batch_norm_momentum,
             batch_norm_epsilon, depth_divisor, sync_batch_norm (bool: batch-norm
-            statistics all-reduced across replicas). None keeps the default.
+            statistics all-reduced across replicas), batch_norm_group_size
+            (int: moments over groups of this many replicas; -1 the official
+            rule; 1, the default, per replica), normalization (a
+            `NORMALIZATIONS` key: the input mean/std, "imagenet" by default,
+            "svhn" for the official SVHN runs). None keeps the default.
 
     Returns:
         A functional `keras.Model` named `name`: float32 (uint8 is cast) pixels
         in [0, 255], shape [B, H, W, 3] -> float32 logits [B, num_classes]
-        (no softmax). Rescaling and ImageNet normalization are inside the model.
+        (no softmax). Rescaling and the mean/std normalization are inside the model.
 
     Raises:
         ValueError: unknown variant or override, or an out-of-range value.
@@ -330,17 +381,19 @@ def build_efficientnet(
     width, divisor = cfg["width_coefficient"], cfg["depth_divisor"]
 
     def bn(layer_name):
+        settings = dict(
+            momentum=cfg["batch_norm_momentum"], epsilon=cfg["batch_norm_epsilon"], name=layer_name
+        )
+        if cfg["batch_norm_group_size"] != 1:
+            return GroupedBatchNormalization(group_size=cfg["batch_norm_group_size"], **settings)
         return keras.layers.BatchNormalization(
-            momentum=cfg["batch_norm_momentum"],
-            epsilon=cfg["batch_norm_epsilon"],
-            synchronized=bool(cfg["sync_batch_norm"]),
-            name=layer_name,
+            synchronized=bool(cfg["sync_batch_norm"]), **settings
         )
 
     inputs = keras.Input(shape=cfg["input_shape"], name="images")
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescaling")(inputs)
     # An adaptable Normalization (mean, variance, count weights), as in
-    # keras.applications, set to the ImageNet statistics below.
+    # keras.applications, set to the `normalization` statistics below.
     normalization = keras.layers.Normalization(axis=-1, name="normalization")
     x = normalization(x)
 
@@ -362,7 +415,7 @@ def build_efficientnet(
         num_classes, kernel_initializer=dense_initializer(), dtype="float32", name="predictions"
     )(x)
     model = keras.Model(inputs, logits, name=name)
-    set_normalization(normalization, IMAGENET_MEAN_RGB, [s * s for s in IMAGENET_STDDEV_RGB])
+    set_normalization(normalization, *NORMALIZATIONS[cfg["normalization"]])
     return model
 
 

@@ -58,6 +58,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from noisy_student_tf.data.preprocess import EVAL_RESIZE_ATTR
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.models import efficientnet as en
 
@@ -66,20 +67,9 @@ EMA_SUFFIX = "ExponentialMovingAverage"  # tf.train.ExponentialMovingAverage's d
 # name); a plain tf.layers.BatchNormalization would be `batch_normalization`.
 BATCH_NORM_NAMES = ("tpu_batch_normalization", "batch_normalization")
 STATE_FILE = "checkpoint"  # tf.train.Saver's state file, names the latest prefix
-# name -> (mean, variance) of pixels scaled to [0, 1], what the model's
-# Normalization layer holds. imagenet: MEAN_RGB/STDDEV_RGB = (0.485, 0.456,
-# 0.406) * 255 / (0.229, 0.224, 0.225) * 255 (tensorflow/tpu
-# efficientnet_builder.py; noisystudent task_info.py); svhn: noisystudent
-# task_info.py; advprop: x * 2 / 255 - 1, i.e. mean 0.5, stddev 0.5
-# (tensorflow/tpu eval_ckpt_main.py, --advprop_preprocessing).
-NORMALIZATIONS = {
-    "imagenet": (en.IMAGENET_MEAN_RGB, tuple(s * s for s in en.IMAGENET_STDDEV_RGB)),
-    "svhn": (
-        (0.4376821, 0.4437697, 0.47280442),
-        tuple(s * s for s in (0.19803012, 0.20101562, 0.19703614)),
-    ),
-    "advprop": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-}
+# The input statistics a checkpoint was trained with: the model's own table
+# (imagenet, svhn, advprop; sources cited in efficientnet.py).
+NORMALIZATIONS = en.NORMALIZATIONS
 _SCOPE = re.compile(r"^((?:.+/)?efficientnet-[^/]+)/(?:stem|blocks_\d+|head)/")
 
 
@@ -364,7 +354,9 @@ def convert_official_checkpoint(
             dropout_rate).
 
     Returns:
-        A `keras.Model` named after the variant (pixels in [0, 255] -> logits).
+        A `keras.Model` named after the variant (pixels in [0, 255] -> logits),
+        whose `eval_resize` attribute is "official" (see
+        `data.preprocess.eval_resize_of`).
 
     Raises:
         FileNotFoundError: no such checkpoint.
@@ -389,6 +381,10 @@ def convert_official_checkpoint(
     model = en.build_efficientnet(variant, classes, **build_kwargs)
     report = load_official_weights(model, prefix, prefer_ema=prefer_ema, scope=scope)
     en.set_normalization(model.get_layer("normalization"), *NORMALIZATIONS[normalization])
+    # Its published accuracy was measured on the official eval view (TF1
+    # bicubic, float): eval_preprocess(resize=eval_resize_of(model)) gives it.
+    # A plain attribute: a `.keras` file saved from this model drops it.
+    setattr(model, EVAL_RESIZE_ATTR, "official")
     logging.info(
         "%s from %s (scope %s): %d weights from %s shadows, %d raw, %d entries ignored",
         variant,

@@ -11,9 +11,12 @@ main schedule). The `fine_tune` config block holds those settings.
 
 Here: the student's architecture is rebuilt at `fine_tune.image_size`, takes
 the student's weights (an EfficientNet's weights do not depend on the input
-size), the stem and the first `frozen_blocks` blocks are frozen (a frozen
-Keras 3 BatchNormalization runs in inference mode), and it trains on the
-labeled images only, decoded at the new size with the eval view.
+size), the stem and the first `frozen_blocks` blocks are frozen, and it
+trains on the labeled images only, decoded at the new size with the eval
+view. Frozen layers run in inference mode even in a training step, as the
+official frozen blocks were called with training=False: a frozen Keras 3
+BatchNormalization uses its moving statistics, and a frozen StochasticDepth
+keeps every branch (models/layers.py).
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def freeze_shallow_layers(model: keras.Model, frozen_blocks: int) -> int:
     """Freezes the stem and the first `frozen_blocks` blocks; returns how many layers.
 
     Official --fix_layer_num semantics: the stem and the first K blocks keep
-    their weights and their batch norm runs in inference mode.
+    their weights and run in inference mode (batch norm on its moving
+    statistics, no stochastic depth) during training steps.
     """
     blocks = block_prefixes(model)
     if frozen_blocks > len(blocks):

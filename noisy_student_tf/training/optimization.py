@@ -8,9 +8,15 @@ for the 700-epoch runs), counted in epochs of N / B steps as a float.
 Alternatively the official `final_base_lr` fixes where the decay ends and
 derives the decay period from it (`decay_epochs_for_final_lr`).
 
-Keras's RMSprop adds epsilon outside the square root where TF1 added it
-inside, and TF1 started the second-moment estimate at 1 where Keras starts at
-0, so Keras's first updates are larger; warm-up absorbs most of that.
+Keras's RMSprop and TF1's `tf.train.RMSPropOptimizer` (the official one)
+share the update: ms <- decay * ms + (1 - decay) * g^2, mom <- momentum * mom
++ lr * g / sqrt(ms + epsilon), w <- w - mom; epsilon is inside the square root
+in both (keras/src/optimizers/rmsprop.py; TF1 ApplyRMSProp). They differ in
+where ms starts: TF1 initialises it to ones, Keras to zeros. With gradients
+small against sqrt(epsilon), Keras's first update is about sqrt(1 / 1e-3),
+~30x, larger, and the gap closes only as 0.9^t falls below epsilon (~100
+steps). `TF1RMSprop` starts ms at `train.rmsprop_second_moment_init` (1.0 in
+the paper configs).
 Short CPU runs use a cosine schedule instead: 0.97 per 2.4 epochs barely
 decays in the few epochs they train.
 
@@ -35,6 +41,50 @@ DECAY_RATE = 0.97
 DECAY_EPOCHS = 2.4
 # official main.py: warmup_epochs=5 in the build_learning_rate call
 WARMUP_EPOCHS = 5.0
+
+
+# TF1 tf.train.RMSPropOptimizer: the `rms` slot is created with ones_initializer.
+TF1_RMSPROP_SECOND_MOMENT_INIT = 1.0
+
+
+@keras.saving.register_keras_serializable(package="noisy_student_tf")
+class TF1RMSprop(keras.optimizers.RMSprop):
+    """Keras RMSprop whose second-moment estimate starts at `second_moment_init`.
+
+    With 1.0 this is TF1's `tf.train.RMSPropOptimizer` (not centered), the
+    official optimizer: the same update as Keras's, but the mean square of
+    the gradients starts at ones instead of zeros, so early steps are not
+    inflated while the estimate warms up.
+
+    Args:
+      second_moment_init: the initial value of every second-moment slot.
+      **kwargs: `keras.optimizers.RMSprop` arguments.
+    """
+
+    def __init__(self, second_moment_init=TF1_RMSPROP_SECOND_MOMENT_INIT, **kwargs):
+        super().__init__(**kwargs)
+        self.second_moment_init = float(second_moment_init)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        # RMSprop.build would create the slots with zeros; create them here
+        # with the initial value instead (the base class builds the step
+        # counter and learning-rate state).
+        super(keras.optimizers.RMSprop, self).build(var_list)
+        initial = keras.initializers.Constant(self.second_moment_init)
+        self._velocities = self.add_optimizer_variables(var_list, "velocity", initializer=initial)
+        self._momentums = []
+        if self.momentum > 0:
+            self._momentums = self.add_optimizer_variables(var_list, "momentum")
+        self._average_gradients = []
+        if self.centered:
+            self._average_gradients = self.add_optimizer_variables(var_list, "average_gradient")
+
+    def get_config(self):
+        config = super().get_config()
+        config["second_moment_init"] = self.second_moment_init
+        return config
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -150,7 +200,9 @@ def build_optimizer(
       optimizer, learning_rate, schedule, warmup_epochs;
       decay_rate (0.97), decay_epochs (2.4): exponential staircase;
       final_learning_rate (0 = off): per 256 images like learning_rate; when
-        set, decay_epochs is derived from it (`decay_epochs_for_final_lr`).
+        set, decay_epochs is derived from it (`decay_epochs_for_final_lr`);
+      rmsprop_second_moment_init (0.0 = Keras; 1.0 = TF1, the official
+        optimizer): where RMSProp's mean square of the gradients starts.
     `train.ema_decay` is NoisyStudent's, not read here.
 
     Args:
@@ -207,7 +259,14 @@ def build_optimizer(
         step_offset=step_offset,
     )
     if name == "rmsprop":
-        return keras.optimizers.RMSprop(lr, rho=0.9, momentum=0.9, epsilon=1e-3)
+        # official utils.build_optimizer: decay 0.9, momentum 0.9, epsilon 1e-3
+        ms_init = train_config.get("rmsprop_second_moment_init", 0.0)
+        if ms_init < 0:
+            raise ConfigError(f"train.rmsprop_second_moment_init must be >= 0, got {ms_init}")
+        settings = dict(learning_rate=lr, rho=0.9, momentum=0.9, epsilon=1e-3)
+        if ms_init == 0.0:  # Keras's own start
+            return keras.optimizers.RMSprop(**settings)
+        return TF1RMSprop(second_moment_init=ms_init, **settings)
     if name == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
     return keras.optimizers.Adam(lr)

@@ -61,6 +61,8 @@ def build_model(
         final_survival_prob=model_config.final_survival_prob,
         small_image=model_config.small_image,
         sync_batch_norm=model_config.get("sync_batch_norm", False),
+        normalization=model_config.get("normalization"),  # None: ImageNet statistics
+        batch_norm_group_size=model_config.get("batch_norm_group_size"),  # None: per replica
         **overrides,
     )
 
