@@ -26,6 +26,12 @@ it finished complete and the rest incomplete (a temporary file at most), so
 the rerun labels only those. Beam may retry a writer: its write is atomic
 and idempotent.
 
+Workers: only paths and settings travel to the workers (the handler and the
+DoFns pickle as such); each worker process loads the teacher once, shared by
+its bundles and threads, and the log says how many loads the job made. The
+runner is chosen by beam_runner.py (this machine's unless `--runner` names
+another); tests/test_beam_workers.py runs two DirectRunner worker processes.
+
 Memory: a shard's labeled records meet in one writer (size input shards so
 one fits in a worker's memory). Beam's DirectRunner keeps every PCollection
 between stages in this process, so it suits small pools and tests; label a
@@ -283,9 +289,11 @@ def label_with_beam(
 def teacher_loads(result) -> int | None:
     """How many times the workers loaded the teacher (RunInference's load-latency
     count): one per worker process, not per bundle or record. None when the
-    runner does not report it."""
-    query = result.metrics().query(MetricsFilter().with_name("load_model_latency_milli_secs"))[
-        "distributions"
-    ]
-    counts = [m.committed.count for m in query if m.committed is not None]
+    runner does not report it (a log line must not fail a finished job)."""
+    try:
+        metrics = result.metrics()
+    except NotImplementedError:  # PipelineResult's default, for runners without metrics
+        return None
+    query = metrics.query(MetricsFilter().with_name("load_model_latency_milli_secs"))
+    counts = [m.committed.count for m in query["distributions"] if m.committed is not None]
     return sum(counts) if counts else None
