@@ -158,18 +158,26 @@ def published_top1(release: str, variant: str, image_size: int) -> float | None:
     return PUBLISHED_TOP1[release].get(variant)
 
 
-# The resize the published figures were measured with, and ours.
+# The resize the published figures were measured with, and TF2's.
 RESIZE_NOTE = (
     "the published top-1 was measured with TF1's tf.compat.v1.image.resize_bicubic "
-    "(no half-pixel centers); noisy_student_tf.data.preprocess.eval_preprocess "
-    "resizes with TF2's tf.image.resize (half-pixel centers); the gap between the "
-    "two is not measured here"
+    "(Keys a = -0.75, legacy corner grid, float output); TF2's tf.image.resize bicubic "
+    "(a = -0.5, half-pixel centers), the default of "
+    "noisy_student_tf.data.preprocess.eval_preprocess, gives a slightly different "
+    "view, and the top-1 gap between the two is not measured here (no ImageNet): use "
+    "a TF1-equivalent resize to reproduce the figure"
 )
 
 
 def evaluation_preprocessing(image_size: int, normalization: str) -> str:
-    """The official evaluation view in words (tensorflow/tpu preprocessing.py
-    `_decode_and_center_crop`, CROP_PADDING = 32; main.py normalize_features)."""
+    """The official evaluation view in words.
+
+    The crop of the released checkpoints' era: noisystudent preprocessing.py
+    `center_crop` and tensorflow/tpu preprocessing.py `_decode_and_center_crop`
+    with CROP_PADDING = 32 (tensorflow/tpu has used a padding of round(S / 7),
+    CROP_FRACTION = 0.875, since commit 22d5cab of 2021-11-15; the same at
+    224 px). Normalization: tensorflow/tpu main.py `normalize_features`.
+    """
     return (
         f"decode; center crop of {image_size}/({image_size}+32) of the shorter side; "
         f"bicubic resize to {image_size} x {image_size}; float RGB pixels in [0, 255] "
