@@ -21,10 +21,19 @@ from noisy_student_tf.data import records, schema
 from noisy_student_tf.labeling import beam_filter, beam_label, beam_runner, shards
 from noisy_student_tf.models import build_efficientnet
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, C, TOPK = 32, 10, 3
 SHARDS, PER_SHARD = 4, 12
 TWO_PROCESSES = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 TWO_THREADS = ["--direct_running_mode=multi_threading", "--direct_num_workers=2"]
+
+
+@pytest.fixture(autouse=True)
+def _workers_import_this_tree(monkeypatch):
+    """multi_processing workers are new interpreters started with this process's
+    environment: this tree first on their path, not another installed copy."""
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+    monkeypatch.setenv("PYTHONPATH", path)
 
 
 def _teacher(path):

@@ -18,6 +18,11 @@ from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.models import build_efficientnet, convert, load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Fresh processes import this tree (first on their path), wherever they run.
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p),
+}
 
 
 def _checkpoint(root, variant, classes, size, seed):
@@ -90,6 +95,7 @@ def test_the_tool_prints_what_to_expect_and_plain_keras_opens_the_file(b0, tmp_p
         capture_output=True,
         text=True,
         timeout=600,
+        env=ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for expected in (
@@ -109,7 +115,12 @@ def test_the_tool_prints_what_to_expect_and_plain_keras_opens_the_file(b0, tmp_p
         "print(model.name, model.output_shape)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "efficientnet-b0 (None, 10)" in proc.stdout

@@ -10,11 +10,16 @@ import noisy_student_tf
 from noisy_student_tf.models import build_efficientnet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Fresh processes import this tree (first on their path), wherever they run.
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p),
+}
 
 
 def _fresh(code: str, cwd: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, env=ENV
     )
 
 
