@@ -12,6 +12,14 @@ Prints one JSON line:
   filter_records_per_s   beam_filter on --num_records synthetic prediction
                          records with --num_classes classes, DirectRunner
   peak_rss_mb            this process's peak resident memory after each stage
+  beam_label_images_per_s, beam_filter_records_per_s
+                         with --beam_workers=N (default 2; 0 skips): the Beam
+                         labeling (--engine=beam) and filter/balance pipelines
+                         under the DirectRunner in multi_processing mode, keyed
+                         by worker count, "1" beside "N" (same mode, so the
+                         ratio is the parallelism's); each includes starting
+                         the worker processes and, for labeling, their
+                         TensorFlow import and teacher load
 """
 
 import json
@@ -25,7 +33,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from noisy_student_tf.data import records, schema
-from noisy_student_tf.labeling import beam_filter, shards
+from noisy_student_tf.labeling import beam_filter, beam_label, shards
 from noisy_student_tf.models import build_efficientnet
 
 FLAGS = flags.FLAGS
@@ -40,6 +48,12 @@ flags.DEFINE_integer("num_records", 1_000_000, "Records for the filter/balance r
 flags.DEFINE_integer("num_classes", 1000, "Classes of the filter/balance records.")
 flags.DEFINE_integer("num_files", 16, "Input shards for the filter/balance run.")
 flags.DEFINE_string("workdir", None, "Scratch folder (default: a temporary one).")
+flags.DEFINE_integer(
+    "beam_workers",
+    2,
+    "Also run both Beam pipelines with 1 and with this many DirectRunner worker "
+    "processes (multi_processing); 0 skips.",
+)
 
 
 def _peak_mb() -> float:
@@ -104,6 +118,19 @@ def bench_labeling(workdir: str) -> dict:
         label_s.append(time.perf_counter() - start)
     predict_s, label_s = min(predict_s), min(label_s)
     assert labeled == FLAGS.num_images
+    beam = {}
+    for n in _worker_counts():
+        start = time.perf_counter()
+        m = beam_label.label_with_beam(
+            path,
+            files,
+            os.path.join(workdir, f"beam-labeled-{n}"),
+            topk=FLAGS.topk,
+            batch_size=FLAGS.batch_size,
+            pipeline_args=_workers(n),
+        )
+        assert m["labeled"] == FLAGS.num_images
+        beam[str(n)] = round(FLAGS.num_images / (time.perf_counter() - start), 1)
     return {
         "model": FLAGS.model,
         "image_size": size,
@@ -114,7 +141,17 @@ def bench_labeling(workdir: str) -> dict:
         "label_images_per_s": round(FLAGS.num_images / label_s, 1),
         "label_vs_predict": round(predict_s / label_s, 3),
         "peak_rss_mb_after_labeling": round(_peak_mb()),
+        **({"beam_label_images_per_s": beam} if beam else {}),
     }
+
+
+def _worker_counts() -> list[int]:
+    """1 and --beam_workers, or none when it is 0."""
+    return sorted({1, FLAGS.beam_workers}) if FLAGS.beam_workers else []
+
+
+def _workers(n: int) -> list[str]:
+    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={n}"]
 
 
 def synthetic_predictions(
@@ -169,6 +206,21 @@ def bench_filter(workdir: str) -> dict:
     )
     elapsed = time.perf_counter() - start
     assert m["out_records"] == k * sum(p["candidates"] > 0 for p in m["per_class"])
+    parallel = {}
+    for n in _worker_counts():
+        start = time.perf_counter()
+        beam_filter.run_filter_balance(
+            files,
+            os.path.join(workdir, f"balanced-{n}"),
+            FLAGS.num_classes,
+            threshold=0.3,
+            images_per_class=k,
+            num_output_shards=16,
+            seed=0,
+            plots=False,
+            pipeline_args=_workers(n),
+        )
+        parallel[str(n)] = round(FLAGS.num_records / (time.perf_counter() - start))
     return {
         "filter_records": FLAGS.num_records,
         "filter_classes": FLAGS.num_classes,
@@ -178,6 +230,7 @@ def bench_filter(workdir: str) -> dict:
         "filter_records_per_s": round(FLAGS.num_records / elapsed),
         "peak_rss_mb_before_filter": round(before),
         "peak_rss_mb_after_filter": round(_peak_mb()),
+        **({"beam_filter_records_per_s": parallel} if parallel else {}),
     }
 
 

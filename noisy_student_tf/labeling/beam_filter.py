@@ -51,12 +51,11 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.errors import ConfigError
-from noisy_student_tf.labeling import record_refs, report
+from noisy_student_tf.labeling import beam_runner, record_refs, report
 from noisy_student_tf.labeling.select import (
     balanced_quota,
     class_rng,
@@ -490,8 +489,10 @@ def run_filter_balance(
         sorted in one worker, so choose S so that a shard fits in memory.
       seed: duplication choice and output order; same seed, same bytes.
       check_images: also decode every image and drop undecodable ones.
-      pipeline_args: Beam options, e.g. ["--runner=DataflowRunner", ...];
-        the default is the DirectRunner.
+      pipeline_args: Beam options, e.g. ["--runner=DataflowRunner", ...] or
+        ["--direct_running_mode=multi_processing", "--direct_num_workers=2"];
+        without a runner, this machine's (beam_runner.py). The output bytes
+        do not depend on the runner or its parallelism.
       balance: "exact" (K per class exactly) or "official" (the official
         code's per-class threshold and coin flips; K on average). See
         select.py.
@@ -519,9 +520,9 @@ def run_filter_balance(
     stats_dir = os.path.join(output_dir, "_stats")
     if tf.io.gfile.exists(stats_dir):
         tf.io.gfile.rmtree(stats_dir)
-    options = PipelineOptions(pipeline_args or [])
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(
+    beam_runner.run(
+        pipeline_args,
+        lambda pipeline: build_pipeline(
             pipeline,
             input_files,
             os.path.join(stats_dir, "part"),
@@ -534,7 +535,9 @@ def run_filter_balance(
             check_images,
             output_prefix,
             balance,
-        )
+        ),
+        "filter_balance",
+    )
     stats = _read_stats(stats_dir)
     tf.io.gfile.rmtree(stats_dir)
     shards = []

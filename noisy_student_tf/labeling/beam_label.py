@@ -26,6 +26,12 @@ it finished complete and the rest incomplete (a temporary file at most), so
 the rerun labels only those. Beam may retry a writer: its write is atomic
 and idempotent.
 
+Workers: only paths and settings travel to the workers (the handler and the
+DoFns pickle as such); each worker process loads the teacher once, shared by
+its bundles and threads, and the log says how many loads the job made. The
+runner is chosen by beam_runner.py (this machine's unless `--runner` names
+another); tests/test_beam_workers.py runs two DirectRunner worker processes.
+
 Memory: a shard's labeled records meet in one writer (size input shards so
 one fits in a worker's memory). Beam's DirectRunner keeps every PCollection
 between stages in this process, so it suits small pools and tests; label a
@@ -41,11 +47,11 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from noisy_student_tf.data import records
-from noisy_student_tf.labeling import shards
+from noisy_student_tf.labeling import beam_runner, shards
 
 
 class TeacherModelHandler(ModelHandler):
@@ -241,8 +247,9 @@ def label_with_beam(
       teacher_path, input_files, output_dir, soft, temperature, topk,
         batch_size, output_prefix, overwrite, image_size: as
         shards.label_shards (batch_size is the largest RunInference batch).
-      pipeline_args: Beam options, e.g. ["--runner=DataflowRunner", ...];
-        the default is the DirectRunner.
+      pipeline_args: Beam options, e.g. ["--runner=DataflowRunner", ...] or
+        ["--direct_running_mode=multi_processing", "--direct_num_workers=2"];
+        without a runner, this machine's (beam_runner.py).
 
     Returns:
       The aggregate manifest (also written to `output_dir/manifest.json`).
@@ -268,8 +275,25 @@ def label_with_beam(
             teacher_path, derived["image_size"], batch_size, soft, temperature
         )
         logging.info("labeling %d shards with Beam %s", len(todo), pipeline_args or "")
-        with beam.Pipeline(options=PipelineOptions(pipeline_args or [])) as pipeline:
-            build_pipeline(
+        result = beam_runner.run(
+            pipeline_args,
+            lambda pipeline: build_pipeline(
                 pipeline, handler, input_files, todo, outputs, {**settings, **derived}, topk
-            )
+            ),
+            "labeling",
+        )
+        logging.info("labeling: the workers loaded the teacher %s times", teacher_loads(result))
     return shards.write_summary(output_dir, outputs, timer.elapsed())
+
+
+def teacher_loads(result) -> int | None:
+    """How many times the workers loaded the teacher (RunInference's load-latency
+    count): one per worker process, not per bundle or record. None when the
+    runner does not report it (a log line must not fail a finished job)."""
+    try:
+        metrics = result.metrics()
+    except NotImplementedError:  # PipelineResult's default, for runners without metrics
+        return None
+    query = metrics.query(MetricsFilter().with_name("load_model_latency_milli_secs"))
+    counts = [m.committed.count for m in query["distributions"] if m.committed is not None]
+    return sum(counts) if counts else None
