@@ -50,6 +50,18 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_bool("check_images", False, "Also decode every image, dropping bad ones.")
 flags.DEFINE_string("prefix", "pseudo", "Output shard name prefix.")
+cli.check_ranges(
+    {
+        "threshold": "[0, 1]",
+        "images_per_class": "[0, inf)",
+        "num_output_shards": "[1, inf)",
+        "seed": "[0, inf)",
+        "num_classes": "[0, inf)",
+    }
+)
+flags.register_validator(
+    "num_classes", lambda n: n != 1, "--num_classes must be 0 (inferred) or >= 2, got 1"
+)
 
 
 def main(argv):

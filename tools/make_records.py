@@ -18,9 +18,10 @@ from noisy_student_tf.data import ingest
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "An image folder, or tfds:NAME:SPLIT.", required=True)
 flags.DEFINE_string("output_dir", None, "Where shards and manifest.json go.", required=True)
-flags.DEFINE_integer("num_shards", 1, "Number of output shards.", lower_bound=1)
+flags.DEFINE_integer("num_shards", 1, "Number of output shards.")
 flags.DEFINE_string("prefix", "train", "Shard file name prefix.")
 flags.DEFINE_string("tfds_data_dir", None, "tfds data_dir for tfds: inputs.")
+cli.check_ranges({"num_shards": "[1, inf)"})
 
 
 def main(argv):

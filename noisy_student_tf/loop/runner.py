@@ -246,7 +246,7 @@ def run(
     sets = _Data(data, config, workdir)
     image_size, num_classes = sets.image_size, sets.num_classes
     loaded_from = config.get("teacher_checkpoint", "")
-    loaded = load_teacher_checkpoint(loaded_from, image_size) if loaded_from else None
+    loaded = load_teacher_checkpoint(loaded_from, image_size, num_classes) if loaded_from else None
     if not sets.pseudo_folder:
         check_student_size(
             loaded if loaded is not None else build_model(config.teacher, num_classes, image_size),
