@@ -43,7 +43,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return remaining
     except flags.IllegalFlagValueError as e:
         lines = str(e).strip().splitlines()
-        if not all(line.startswith("flag --") for line in lines):
+        if not all(line.startswith(("flag --", "flags ")) for line in lines):
             fail(lines[0])  # not absl's validators (e.g. a config file that raised)
         # absl ran every validator and joined their messages, one per line:
         # all bad flags go on the one error line, each without absl's prefix
@@ -151,6 +151,20 @@ def check_ranges(ranges: dict[str, str]) -> None:
         flags.register_validator(name, validator(name, interval))
 
 
+def _bad_record(error: Exception) -> str | None:
+    """The message of a record the input pipeline refused (data.schema.checked_label), or None.
+
+    The check runs inside tf.data, so it surfaces as TensorFlow's
+    InvalidArgumentError wrapped in the op's context; the user's part is the
+    text after the marker, up to the bracket that closes it.
+    """
+    text = str(error)
+    marker = "bad record: "  # data.schema.BAD_RECORD (the library is not imported here)
+    if type(error).__name__ != "InvalidArgumentError" or marker not in text:
+        return None
+    return text.split(marker, 1)[1].split("]", 1)[0].replace('\\"', "")
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """absl.app.run(main) with user errors reported as one line and exit 2."""
 
@@ -161,5 +175,10 @@ def run(main: Callable[[list[str]], None]) -> None:
             if os.environ.get("NOISY_STUDENT_TRACEBACK"):
                 raise
             fail(str(e))
+        except Exception as e:
+            record = _bad_record(e)
+            if record is None or os.environ.get("NOISY_STUDENT_TRACEBACK"):
+                raise
+            fail(record)
 
     app.run(guarded, flags_parser=_parse_flags)

@@ -19,10 +19,11 @@ Output: shuffled shards, manifest.json (per class candidates/kept/copies;
 in = kept + dropped by reason) and two plots. Same seed, same bytes.
 """
 
+import tensorflow as tf
 from absl import flags
 
 from noisy_student_tf import cli
-from noisy_student_tf.data import records
+from noisy_student_tf.data import records, schema
 from noisy_student_tf.labeling import beam_filter
 from noisy_student_tf.labeling.select import BALANCE_MODES
 
@@ -64,9 +65,27 @@ flags.register_validator(
 )
 
 
+def _check_pseudo_labeled(files: list[str]) -> None:
+    """Refuses source shards (no teacher view): every record would be dropped, silently.
+
+    Reads the first record of the first non-empty shard only.
+    """
+    for path in files:
+        for serialized in records.read_records(path):
+            feature = tf.train.Example.FromString(serialized).features.feature
+            if schema.TEACHER_LABEL not in feature:
+                raise cli.ConfigError(
+                    f"{path}: record 0 has no {schema.TEACHER_LABEL}; --input must be "
+                    "pseudo-labeled shards (the --output_dir of tools/label.py), not source shards"
+                )
+            return
+
+
 def main(argv):
+    files = records.list_files(FLAGS.input)
+    _check_pseudo_labeled(files)
     manifest = beam_filter.run_filter_balance(
-        records.list_files(FLAGS.input),
+        files,
         FLAGS.output_dir,
         FLAGS.num_classes or None,
         threshold=FLAGS.threshold,

@@ -80,7 +80,7 @@ cli.check_ranges(
 )
 flags.register_multi_flags_validator(
     ["shard_index", "num_shards"],
-    lambda f: f["shard_index"] < f["num_shards"],
+    lambda f: f["num_shards"] < 1 or f["shard_index"] < f["num_shards"],
     "--shard_index must be below --num_shards (job i of a num_shards-job array)",
 )
 

@@ -92,6 +92,32 @@ def read_records(path: str) -> Iterator[bytes]:
             index += 1
 
 
+def check_labels(labels, files: list[str], num_classes: int, where: str, unlabeled: bool) -> None:
+    """Raises ConfigError naming the shard and record of the first label out of range.
+
+    Args:
+      labels: int [N], the records of `files` in order.
+      files: the shards they were read from (counted to find the record).
+      num_classes: labels must be in [0, num_classes), or -1 (no label)
+        when `unlabeled`.
+      where: what the files are, for the message (e.g. "data.path train split").
+    """
+    low = -1 if unlabeled else 0  # schema.UNLABELED
+    bad = [i for i, label in enumerate(labels) if not low <= label < num_classes]
+    if not bad:
+        return
+    index = bad[0]
+    for path in files:
+        count = count_records(path)
+        if index < count:
+            break
+        index -= count
+    raise ConfigError(
+        f"{path}: record {index} has image/class/label {labels[bad[0]]}, outside "
+        f"[{low}, {num_classes}) (data.num_classes); {len(bad)} such record(s) in {where}"
+    )
+
+
 def count_records(path: str) -> int:
     """Number of records in a local or remote file, checking it is not truncated.
 

@@ -136,6 +136,30 @@ def parse_source(serialized: tf.Tensor) -> dict:
     return tf.io.parse_single_example(serialized, SOURCE_FEATURES)
 
 
+# Starts the message of a record whose label is out of range; cli.run turns
+# the InvalidArgumentError carrying it into one `error:` line.
+BAD_RECORD = "bad record: "
+
+
+def checked_label(
+    label: tf.Tensor, num_classes: int, path: tf.Tensor, index: tf.Tensor, unlabeled: bool
+) -> tf.Tensor:
+    """`label` once it is in [0, num_classes) (or -1 with `unlabeled`); else an error.
+
+    A label >= num_classes would become a one-hot of zeros and train
+    silently, and a test label out of range is counted wrong; the error
+    names the shard and the record's index in it instead.
+    """
+    low = UNLABELED if unlabeled else 0
+    message = tf.strings.format(
+        BAD_RECORD + "{}: record {} has image/class/label {}, outside [{}, {}) (data.num_classes)",
+        (path, index, label, low, num_classes),
+    )
+    valid = tf.logical_and(label >= low, label < num_classes)
+    with tf.control_dependencies([tf.debugging.Assert(valid, [message], summarize=1)]):
+        return tf.identity(label)
+
+
 def parse_pseudo(serialized: tf.Tensor, num_classes: int) -> dict:
     """Parses a pseudo-labeled record; adds a dense `teacher/probs` [C].
 
@@ -218,6 +242,8 @@ def check_pseudo(serialized: bytes, num_classes: int):
     if len(probs):
         if len(probs) != num_classes:
             return None, "probs_wrong_length"
+        if not all(0.0 <= p <= 1.0 for p in probs):  # NaN fails both comparisons
+            return None, "probs_out_of_range"
     else:
         classes = (
             feature[TEACHER_TOPK_CLASSES].int64_list.value
@@ -229,6 +255,8 @@ def check_pseudo(serialized: bytes, num_classes: int):
             return None, "probs_wrong_length"
         if min(classes) < 0 or max(classes) >= num_classes:
             return None, "topk_class_out_of_range"
+        if not all(0.0 <= p <= 1.0 for p in topk):
+            return None, "probs_out_of_range"
     key = _one(feature[KEY], "bytes_list") if KEY in feature else None
     return {"label": int(label), "confidence": float(confidence), "key": key or b""}, None
 
@@ -242,5 +270,6 @@ REJECT_REASONS = (
     "bad_source_label",
     "probs_wrong_length",
     "topk_class_out_of_range",
+    "probs_out_of_range",  # a NaN, negative or > 1 teacher probability
     "undecodable_image",
 )

@@ -185,6 +185,7 @@ class _Data:
             seed=seed,
             small_image=small,
             cache=sources.cacheable(source, image_size, LABELED_CACHE_BYTES),
+            num_classes=self.num_classes,
         )
 
     def test_top1(self, model: keras.Model, small_image: bool, image_size: int | None = None):
@@ -194,7 +195,9 @@ class _Data:
                 model, self.data.test_images, self.data.test_labels, batch
             )
         size = image_size or self.image_size
-        batches = record_stages.eval_batches(self.data.test, size, batch, small_image)
+        batches = record_stages.eval_batches(
+            self.data.test, size, batch, small_image, self.num_classes
+        )
         return record_stages.streamed_top1(model, batches)
 
 

@@ -1,0 +1,165 @@
+"""Data: counted or named, never silent (issue 20).
+
+A label outside [0, num_classes) in a record is an error naming the shard
+and the record (it would otherwise be a one-hot of zeros that trains
+silently, or a test image always counted wrong); teacher probabilities that
+are NaN are dropped and counted by reason; filter_balance.py refuses source
+shards. The in-process cases cover the library; one batch of fresh processes
+covers the command lines.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO
+
+from noisy_student_tf import cli
+from noisy_student_tf.data import pipeline, schema, sources
+from noisy_student_tf.errors import ConfigError
+
+
+def _write(path, labels, size=8, probs=None):
+    """One shard of source records (or pseudo-labeled ones with `probs`), keys r0, r1, ..."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i, label in enumerate(labels):
+            image = schema.encode_png(np.full((size, size, 3), 10 * i, np.uint8))
+            example = schema.source_example(image, label=label, key=f"r{i}".encode())
+            if probs is not None:
+                example = schema.add_teacher_view(example, np.asarray(probs[i], np.float32))
+            writer.write(example.SerializeToString())
+    return str(path)
+
+
+def test_a_streamed_label_out_of_range_names_the_shard_and_record(tmp_path):
+    good = _write(tmp_path / "train-00000-of-00002.tfrecord", [0, 1, 2])
+    bad = _write(tmp_path / "train-00001-of-00002.tfrecord", [1, 3, 0])
+    stream = pipeline.source_records([good, bad], 8, shuffle_buffer=0, num_classes=3)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        list(stream)
+    line = cli._bad_record(error.value)  # what cli.run prints after `error: `
+    assert line == (
+        f"{bad}: record 1 has image/class/label 3, outside [0, 3) (data.num_classes)"
+    ), str(error.value)[:2000]
+    # In range, the stream is unchanged: every record, every label.
+    labels = [int(y) for _, y in pipeline.source_records([good], 8, num_classes=3)]
+    assert sorted(labels) == [0, 1, 2]
+
+
+def test_a_test_label_out_of_range_is_an_error_not_a_skipped_image(tmp_path):
+    test = _write(tmp_path / "test-00000-of-00001.tfrecord", [0, 1, -1])
+    batches = pipeline.eval_records([test], 8, batch_size=2, num_classes=3)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        list(batches)
+    assert cli._bad_record(error.value) == (
+        f"{test}: record 2 has image/class/label -1, outside [0, 3) (data.num_classes)"
+    )
+    # Without num_classes (callers that do not know it) nothing is checked.
+    assert sum(len(y) for _, y in pipeline.eval_records([test], 8, batch_size=2)) == 3
+
+
+def test_in_memory_record_labels_are_checked_against_num_classes(tmp_path):
+    for split, shards in (("train", ([0, 1, -1], [2, 1])), ("test", ([0, 1, 2],))):
+        for i, labels in enumerate(shards):
+            _write(tmp_path / f"{split}-{i:05d}-of-{len(shards):05d}.tfrecord", labels)
+    data = sources.load_tfrecord_dir(str(tmp_path), 3, 1)  # -1 in train: an unlabeled image
+    assert len(data.unlabeled_labels) == 2
+    with pytest.raises(ConfigError) as error:
+        sources.load_tfrecord_dir(str(tmp_path), 2, 1)
+    shard = tmp_path / "train-00001-of-00002.tfrecord"
+    assert str(error.value).startswith(
+        f"{shard}: record 0 has image/class/label 2, outside [-1, 2) (data.num_classes); "
+        "1 such record(s) in data.path train-*"
+    )
+
+
+@pytest.mark.parametrize(
+    "probs, confidence, reason",
+    [
+        ([0.5, np.nan, 0.5], None, "confidence_out_of_range"),  # NaN is the argmax
+        ([0.8, np.nan, 0.1], 0.8, "probs_out_of_range"),  # a NaN beside a finite confidence
+        ([0.8, -0.1, 0.3], None, "probs_out_of_range"),
+        ([0.2, 0.3, 0.5], None, None),
+    ],
+)
+def test_nan_teacher_probabilities_are_dropped_with_a_counted_reason(probs, confidence, reason):
+    example = schema.source_example(schema.encode_png(np.zeros((4, 4, 3), np.uint8)), key=b"k")
+    example = schema.add_teacher_view(example, np.asarray(probs, np.float32), confidence=confidence)
+    fields, why = schema.check_pseudo(example.SerializeToString(), 3)
+    assert why == reason and (fields is None) == (reason is not None)
+    assert reason is None or reason in schema.REJECT_REASONS
+
+
+# Fresh processes, started together: the command lines' side of the checks.
+def _start(*args):
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_bad_data_stops_the_command_lines_with_one_named_error(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    unlabeled = _write(source / "train-00000-of-00001.tfrecord", [-1, -1], size=32)
+    labeled = tmp_path / "labeled"
+    labeled.mkdir()
+    _write(labeled / "train-00000-of-00001.tfrecord", [0, 1, 12, 3] * 3, size=32)
+    test = tmp_path / "test"
+    test.mkdir()
+    _write(test / "test-00000-of-00001.tfrecord", list(range(10)), size=32)
+    empty = tmp_path / "no_manifest"
+    empty.mkdir()
+    loop = [
+        os.path.join(REPO, "experiments", "noisy_student.py"),
+        "--config=experiments/configs/digits.py:smoke",
+        f"--config.data.labeled={labeled}",
+        f"--config.data.test={test}",
+    ]
+    cases = {
+        "unlabeled shards to filter_balance": (
+            _start(
+                os.path.join(REPO, "tools", "filter_balance.py"),
+                f"--input={source}",
+                f"--output_dir={tmp_path / 'pseudo'}",
+                "--num_classes=10",
+            ),
+            f"error: {unlabeled}: record 0 has no teacher/label; --input must be pseudo-labeled",
+            tmp_path / "pseudo",
+        ),
+        "label 12 in the labeled set": (
+            _start(*loop, "--config.num_iterations=0", f"--workdir={tmp_path / 'run'}"),
+            f"error: {labeled}/train-00000-of-00001.tfrecord: record 2 has image/class/label "
+            "12, outside [0, 10)",
+            None,
+        ),
+        "pseudo_labeled folder without manifest": (
+            _start(
+                *loop,
+                f"--config.data.pseudo_labeled={empty}",
+                "--config.num_iterations=1",
+                f"--workdir={tmp_path / 'run_pseudo'}",
+            ),
+            f"error: '{empty}' has no manifest.json",
+            None,
+        ),
+    }
+    failures = []
+    for name, (proc, expected, unwritten) in cases.items():
+        _, stderr = proc.communicate(timeout=900)
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        if proc.returncode != 2 or len(errors) != 1 or "Traceback" in stderr:
+            failures.append((name, proc.returncode, stderr[-2000:]))
+        elif not errors[0].startswith(expected):
+            failures.append((name, errors[0], expected))
+        if unwritten is not None and unwritten.exists():
+            failures.append((name, "wrote", sorted(os.listdir(unwritten))))
+    assert not failures, failures
+    assert not list((tmp_path / "run").glob("*.keras"))  # the error stopped the teacher's fit
