@@ -18,7 +18,7 @@ import tensorflow as tf
 from conftest import REPO
 
 from noisy_student_tf import cli
-from noisy_student_tf.data import pipeline, schema, sources
+from noisy_student_tf.data import ingest, pipeline, records, schema, sources
 from noisy_student_tf.errors import ConfigError
 
 
@@ -117,6 +117,10 @@ def test_bad_data_stops_the_command_lines_with_one_named_error(tmp_path):
     _write(test / "test-00000-of-00001.tfrecord", list(range(10)), size=32)
     empty = tmp_path / "no_manifest"
     empty.mkdir()
+    shards = tmp_path / "shards"  # holds the map of an earlier make_records run
+    shards.mkdir()
+    ingest.write_class_map(str(shards), {"cat": 0, "dog": 1})
+    emu = _image_tree(tmp_path / "emu", ["cat", "emu"])
     loop = [
         os.path.join(REPO, "experiments", "noisy_student.py"),
         "--config=experiments/configs/digits.py:smoke",
@@ -134,6 +138,16 @@ def test_bad_data_stops_the_command_lines_with_one_named_error(tmp_path):
             f"error: {unlabeled}: record 0 has no teacher/label; --input must be pseudo-labeled",
             tmp_path / "pseudo",
         ),
+        "a class the class map lacks": (
+            _start(
+                os.path.join(REPO, "tools", "make_records.py"),
+                f"--input={emu}",
+                f"--output_dir={shards}",
+                "--prefix=test",
+            ),
+            f"error: --input {emu!r} has classes ['emu'] that the class map does not hold",
+            shards / "test-00000-of-00001.tfrecord",
+        ),
         "label 12 in the labeled set": (
             _start(*loop, "--config.num_iterations=0", f"--workdir={tmp_path / 'run'}"),
             f"error: {labeled}/train-00000-of-00001.tfrecord: record 2 has image/class/label "
@@ -147,7 +161,7 @@ def test_bad_data_stops_the_command_lines_with_one_named_error(tmp_path):
                 "--config.num_iterations=1",
                 f"--workdir={tmp_path / 'run_pseudo'}",
             ),
-            f"error: '{empty}' has no manifest.json",
+            f"error: data.pseudo_labeled='{empty}' has no manifest.json",
             None,
         ),
     }
@@ -163,3 +177,67 @@ def test_bad_data_stops_the_command_lines_with_one_named_error(tmp_path):
             failures.append((name, "wrote", sorted(os.listdir(unwritten))))
     assert not failures, failures
     assert not list((tmp_path / "run").glob("*.keras"))  # the error stopped the teacher's fit
+
+
+def _image_tree(root, classes, per_class=2):
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            (root / name / f"{i}.png").write_bytes(
+                schema.encode_png(np.full((4, 4, 3), i, np.uint8))
+            )
+    return str(root)
+
+
+def test_a_second_folder_gets_its_class_ids_by_name_or_is_refused(tmp_path):
+    train = _image_tree(tmp_path / "train", ["cat", "dog", "fox"])
+    classes, items = ingest.folder_items(train)
+    class_map = {name: i for i, name in enumerate(classes)}
+    assert class_map == {"cat": 0, "dog": 1, "fox": 2}
+    ingest.write_class_map(str(tmp_path), class_map)
+    assert ingest.read_class_map(str(tmp_path / ingest.CLASS_MAP)) == class_map
+    # A validation folder without "dog": "fox" keeps id 2 (it was 1 before the map).
+    val = _image_tree(tmp_path / "val", ["cat", "fox"])
+    classes, items = ingest.folder_items(val, class_map)
+    assert classes == ["cat", "dog", "fox"]
+    assert sorted({label for _, label, _ in items}) == [0, 2]
+    # A class the map does not hold is refused, named.
+    other = _image_tree(tmp_path / "other", ["cat", "emu"])
+    with pytest.raises(ConfigError, match=r"has classes \['emu'\] that the class map"):
+        ingest.folder_items(other, class_map)
+
+
+def test_labeled_and_test_sets_must_name_the_same_classes(tmp_path):
+    folders = {}
+    for name, class_map in (
+        ("labeled", {"cat": 0, "dog": 1, "fox": 2}),
+        ("test", {"cat": 0, "dog": 1, "fox": 2}),
+        ("shifted", {"cat": 0, "fox": 1, "dog": 2}),
+        ("unnamed", None),
+    ):
+        (tmp_path / name).mkdir()
+        folders[name] = [_write(tmp_path / name / "train-00000-of-00001.tfrecord", [0])]
+        if class_map:
+            ingest.write_class_map(str(tmp_path / name), class_map)
+    sets = {"data.labeled": folders["labeled"], "data.test": folders["test"]}
+    assert records.check_class_names(sets, 3) == ["cat", "dog", "fox"]
+    assert records.check_class_names({"data.test": folders["unnamed"]}, 3) is None
+    with pytest.raises(
+        ConfigError, match=r"data.labeled: its shards name 3 classes .* data.num_classes=4"
+    ):
+        records.check_class_names(sets, 4)
+    with pytest.raises(ConfigError, match="data.labeled, data.test name their classes differently"):
+        records.check_class_names({**sets, "data.test": folders["shifted"]}, 3)
+
+
+def test_a_pseudo_labeled_folder_needs_a_manifest_and_records(tmp_path):
+    with pytest.raises(ConfigError, match="has no manifest.json; expected the --output_dir"):
+        records.filter_balance_manifest(str(tmp_path))
+    # No pool image reached the threshold: the folder is finished but empty.
+    records.write_json(
+        str(tmp_path / "manifest.json"), {"in": 40, "out_records": 0, "threshold": 0.9}
+    )
+    with pytest.raises(ConfigError, match=r"holds no pseudo-labeled record \(40 in, none at or"):
+        records.filter_balance_manifest(str(tmp_path))
+    records.write_json(str(tmp_path / "manifest.json"), {"in": 40, "out_records": 3})
+    assert records.filter_balance_manifest(str(tmp_path)) == str(tmp_path / "manifest.json")

@@ -157,7 +157,13 @@ class _Data:
             self.num_labeled = data.num_labeled
             self.pseudo_folder = data.pseudo_labeled
             self.has_unlabeled = data.unlabeled is not None
+            # The pool may come from another label space (JFT), so only these two.
+            named = {"data.labeled": data.labeled, "data.test": data.test}
+            self.class_names = records.check_class_names(
+                {key: s.files for key, s in named.items() if not s.is_tfds}, self.num_classes
+            )
         else:
+            self.class_names = None
             self.image_size = int(data.test_images.shape[1])
             self.num_labeled = len(data.labeled_labels)
             self.pseudo_folder = ""
@@ -265,7 +271,7 @@ def run(
     teacher_path, fingerprint, pseudo_dir = "", "", ""
     if sets.pseudo_folder:
         pseudo_dir = sets.pseudo_folder
-        fingerprint = _fingerprint(os.path.join(pseudo_dir, "manifest.json"))
+        fingerprint = _fingerprint(records.filter_balance_manifest(pseudo_dir))
     first = 1 if sets.pseudo_folder else 0
     for iteration in range(first, config.num_iterations + 1):
         role = "teacher" if iteration == 0 else "student"
@@ -396,7 +402,10 @@ def run(
         trained.append(("fine-tuned", teacher_path))
         _print_row(rows[-1])
     evaluation.export_saved_model(
-        model, os.path.join(workdir, "saved_model"), small_image=config.student.small_image
+        model,
+        os.path.join(workdir, "saved_model"),
+        class_names=sets.class_names,
+        small_image=config.student.small_image,
     )
     plot(rows, os.path.join(workdir, "accuracy.png"))
     results = {"models": rows, "config": config.to_dict()}
