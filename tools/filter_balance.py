@@ -68,14 +68,18 @@ flags.register_validator(
 def _check_pseudo_labeled(files: list[str]) -> None:
     """Refuses source shards (no teacher view): every record would be dropped, silently.
 
-    Reads the first record of the first non-empty shard only.
+    Reads up to the first record that parses (a bad one is the pipeline's to
+    count), in the first non-empty shard.
     """
     for path in files:
-        for serialized in records.read_records(path):
-            feature = tf.train.Example.FromString(serialized).features.feature
+        for index, serialized in enumerate(records.read_records(path)):
+            try:
+                feature = tf.train.Example.FromString(serialized).features.feature
+            except Exception:  # noqa: BLE001 - unparseable: dropped and counted later
+                continue
             if schema.TEACHER_LABEL not in feature:
                 raise cli.ConfigError(
-                    f"{path}: record 0 has no {schema.TEACHER_LABEL}; --input must be "
+                    f"{path}: record {index} has no {schema.TEACHER_LABEL}; --input must be "
                     "pseudo-labeled shards (the --output_dir of tools/label.py), not source shards"
                 )
             return
