@@ -117,6 +117,16 @@ def test_bad_data_stops_the_command_lines_with_one_named_error(tmp_path):
     _write(test / "test-00000-of-00001.tfrecord", list(range(10)), size=32)
     empty = tmp_path / "no_manifest"
     empty.mkdir()
+    good = tmp_path / "good_labeled"
+    good.mkdir()
+    _write(good / "train-00000-of-00001.tfrecord", list(range(10)) * 2, size=32)
+    bad_test = tmp_path / "bad_test"
+    bad_test.mkdir()
+    corrupt = str(bad_test / "test-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(corrupt) as writer:
+        for i in range(10):
+            encoded = b"junk" if i == 3 else schema.encode_png(np.zeros((32, 32, 3), np.uint8))
+            writer.write(schema.source_example(encoded, label=i).SerializeToString())
     shards = tmp_path / "shards"  # holds the map of an earlier make_records run
     shards.mkdir()
     ingest.write_class_map(str(shards), {"cat": 0, "dog": 1})
@@ -147,6 +157,17 @@ def test_bad_data_stops_the_command_lines_with_one_named_error(tmp_path):
             ),
             f"error: --input {emu!r} has classes ['emu'] that the class map does not hold",
             shards / "test-00000-of-00001.tfrecord",
+        ),
+        "a corrupt test image": (
+            _start(
+                *loop[:2],
+                f"--config.data.labeled={good}",
+                f"--config.data.test={bad_test}",
+                "--config.num_iterations=0",
+                f"--workdir={tmp_path / 'run_corrupt'}",
+            ),
+            f"error: {corrupt}: record 3 of data.test is not a decodable image (",
+            None,
         ),
         "label 12 in the labeled set": (
             _start(*loop, "--config.num_iterations=0", f"--workdir={tmp_path / 'run'}"),
@@ -241,3 +262,20 @@ def test_a_pseudo_labeled_folder_needs_a_manifest_and_records(tmp_path):
         records.filter_balance_manifest(str(tmp_path))
     records.write_json(str(tmp_path / "manifest.json"), {"in": 40, "out_records": 3})
     assert records.filter_balance_manifest(str(tmp_path)) == str(tmp_path / "manifest.json")
+
+
+def test_a_corrupt_test_image_is_named_by_a_second_pass(tmp_path):
+    path = _write(tmp_path / "test-00000-of-00001.tfrecord", [0, 1, 2])
+    with tf.io.TFRecordWriter(str(tmp_path / "test-00001-of-00002.tfrecord")) as writer:
+        for i, encoded in enumerate((schema.encode_png(np.zeros((8, 8, 3), np.uint8)), b"junk")):
+            example = schema.source_example(encoded, label=i, key=f"c{i}".encode())
+            writer.write(example.SerializeToString())
+    corrupt = str(tmp_path / "test-00001-of-00002.tfrecord")
+    with pytest.raises(tf.errors.InvalidArgumentError) as failure:
+        list(pipeline.eval_records([path, corrupt], 8, batch_size=2, num_classes=3))
+    error = schema.name_bad_image([path, corrupt], "data.test", failure.value)
+    assert isinstance(error, ConfigError)
+    assert str(error).startswith(f"{corrupt}: record 1 of data.test is not a decodable image (")
+    # A failure that is not an image's is returned as it was.
+    other = ValueError("something else")
+    assert schema.name_bad_image([path], "data.test", other) is other

@@ -14,6 +14,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from noisy_student_tf.data import records
+from noisy_student_tf.errors import ConfigError
+
 IMAGE = "image/encoded"
 FORMAT = "image/format"
 LABEL = "image/class/label"
@@ -158,6 +161,32 @@ def checked_label(
     valid = tf.logical_and(label >= low, label < num_classes)
     with tf.control_dependencies([tf.debugging.Assert(valid, [message], summarize=1)]):
         return tf.identity(label)
+
+
+def name_bad_image(files: list[str], key: str, error: Exception) -> Exception:
+    """The error to raise when reading `files` failed: one naming the undecodable record.
+
+    tf.data reports an image that does not decode without saying where it
+    is; this second pass (run only after such a failure) decodes the records
+    in order until one fails. Where skipping an image would change a
+    result's meaning (a test image), the run stops with this error.
+
+    Returns:
+      ConfigError naming the shard and the record's index, or `error`
+      itself when every image decodes (the failure was something else).
+    """
+    for path in files:
+        for index, serialized in enumerate(records.read_records(path)):
+            try:
+                encoded = tf.train.Example.FromString(serialized).features.feature[IMAGE]
+                tf.io.decode_image(encoded.bytes_list.value[0], channels=3, expand_animations=False)
+            except Exception as e:  # noqa: BLE001 - any failure to get pixels is the same fault
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                return ConfigError(
+                    f"{path}: record {index} of {key} is not a decodable image ({reason[:200]}); "
+                    "a test image is never skipped, as that would change the accuracy"
+                )
+    return error
 
 
 def parse_pseudo(serialized: tf.Tensor, num_classes: int) -> dict:

@@ -204,7 +204,10 @@ class _Data:
         batches = record_stages.eval_batches(
             self.data.test, size, batch, small_image, self.num_classes
         )
-        return record_stages.streamed_top1(model, batches)
+        try:
+            return record_stages.streamed_top1(model, batches)
+        except tf.errors.InvalidArgumentError as e:  # e.g. an image that does not decode
+            raise schema.name_bad_image(self.data.test.files, "data.test", e) from e
 
 
 def _model_settings(config, iteration: int, previous: str) -> dict:
