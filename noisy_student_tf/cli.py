@@ -17,6 +17,7 @@ Scripts call `run(main)` instead of `absl.app.run(main)`.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -24,7 +25,7 @@ from absl import app, flags
 
 from noisy_student_tf.errors import ConfigError
 
-__all__ = ["ConfigError", "define_config_file", "fail", "run"]
+__all__ = ["ConfigError", "check_ranges", "define_config_file", "fail", "run"]
 
 USAGE_EXIT_STATUS = 2  # the convention of argparse and most Unix tools
 
@@ -40,6 +41,21 @@ def _parse_flags(argv: list[str]) -> list[str]:
         remaining = flags.FLAGS(argv)
         _check_config_files()
         return remaining
+    except flags.IllegalFlagValueError as e:
+        lines = str(e).strip().splitlines()
+        if not all(line.startswith(("flag --", "flags ")) for line in lines):
+            fail(lines[0])  # not absl's validators (e.g. a config file that raised)
+        # absl ran every validator and joined their messages, one per line:
+        # all bad flags go on the one error line, each without absl's prefix
+        # where the message names the flag itself (check_ranges).
+        problems = []
+        for line in lines:
+            rest = line.partition(": ")[2]
+            missing = re.fullmatch(r"Flag (--\S+) must have a value other than None\.", rest)
+            problems.append(
+                f"{missing[1]} is required" if missing else rest if rest.startswith("--") else line
+            )
+        fail("; ".join(problems))
     except flags.Error as e:
         fail(str(e).strip().splitlines()[0])
     # ml_collections config files raise plain exceptions from inside parsing.
@@ -97,6 +113,58 @@ def _check_config_files() -> None:
             fail(f"--{name}={flags.FLAGS[name].config_filename}: cannot load it ({lines[-1]})")
 
 
+def _number(text: str):
+    """A list flag's entry as an int or float, or the text when it is neither."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def check_ranges(ranges: dict[str, str]) -> None:
+    """Registers a validator per numeric flag: its interval, NaN and infinity refused.
+
+    absl runs the validators while parsing, before `main`, so a bad value
+    stops a tool before it opens any file, and every bad flag (a missing
+    required one too) is reported on the one error line.
+
+    Args:
+      ranges: flag name -> interval as in loop.config_checks.RANGES
+        ("[0, 1]", "(0, inf)"); a list flag has each entry checked.
+    """
+    from noisy_student_tf.loop.config_checks import range_problem
+
+    def validator(name: str, interval: str):
+        def check(value) -> bool:
+            for item in value if isinstance(value, list) else [value]:
+                number = _number(item) if isinstance(item, str) else item
+                problem = number is not None and range_problem(f"--{name}", number, interval)
+                if problem:
+                    raise flags.ValidationError(problem)
+            return True
+
+        return check
+
+    for name, interval in ranges.items():
+        flags.register_validator(name, validator(name, interval))
+
+
+def _bad_record(error: Exception) -> str | None:
+    """The message of a record the input pipeline refused (data.schema.checked_label), or None.
+
+    The check runs inside tf.data, so it surfaces as TensorFlow's
+    InvalidArgumentError wrapped in the op's context; the user's part is the
+    text after the marker, up to the bracket that closes it.
+    """
+    text = str(error)
+    marker = "bad record: "  # data.schema.BAD_RECORD (the library is not imported here)
+    if type(error).__name__ != "InvalidArgumentError" or marker not in text:
+        return None
+    return text.split(marker, 1)[1].split("]", 1)[0].replace('\\"', "")
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """absl.app.run(main) with user errors reported as one line and exit 2."""
 
@@ -107,5 +175,10 @@ def run(main: Callable[[list[str]], None]) -> None:
             if os.environ.get("NOISY_STUDENT_TRACEBACK"):
                 raise
             fail(str(e))
+        except Exception as e:
+            record = _bad_record(e)
+            if record is None or os.environ.get("NOISY_STUDENT_TRACEBACK"):
+                raise
+            fail(record)
 
     app.run(guarded, flags_parser=_parse_flags)

@@ -46,6 +46,19 @@ flags.DEFINE_list("eps", [str(e) for e in adversarial.PAPER_EPS], "Attack eps, 0
 flags.DEFINE_integer("pgd_steps", adversarial.PGD_STEPS, "PGD iterations.")
 flags.DEFINE_float("pgd_step_size", 0.0, "PGD step in pixels; 0 = 2.5 * eps / steps.")
 flags.DEFINE_integer("batch_size", 128, "Images per model call.")
+cli.check_ranges(
+    {
+        "max_examples": "[-1, inf)",
+        "seed": "[0, inf)",
+        "image_size": "[0, inf)",
+        "frames": "[1, inf)",
+        "eps": "[0, 255]",  # pixels (paper, Figure 7)
+        "severities": "[1, 5]",  # ImageNet-C
+        "pgd_steps": "[1, inf)",
+        "pgd_step_size": "[0, inf)",
+        "batch_size": "[1, inf)",
+    }
+)
 
 
 def _numbers(flag, values, kind):

@@ -19,10 +19,11 @@ Output: shuffled shards, manifest.json (per class candidates/kept/copies;
 in = kept + dropped by reason) and two plots. Same seed, same bytes.
 """
 
+import tensorflow as tf
 from absl import flags
 
 from noisy_student_tf import cli
-from noisy_student_tf.data import records
+from noisy_student_tf.data import records, schema
 from noisy_student_tf.labeling import beam_filter
 from noisy_student_tf.labeling.select import BALANCE_MODES
 
@@ -50,11 +51,45 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_bool("check_images", False, "Also decode every image, dropping bad ones.")
 flags.DEFINE_string("prefix", "pseudo", "Output shard name prefix.")
+cli.check_ranges(
+    {
+        "threshold": "[0, 1]",
+        "images_per_class": "[0, inf)",
+        "num_output_shards": "[1, inf)",
+        "seed": "[0, inf)",
+        "num_classes": "[0, inf)",
+    }
+)
+flags.register_validator(
+    "num_classes", lambda n: n != 1, "--num_classes must be 0 (inferred) or >= 2, got 1"
+)
+
+
+def _check_pseudo_labeled(files: list[str]) -> None:
+    """Refuses source shards (no teacher view): every record would be dropped, silently.
+
+    Reads up to the first record that parses (a bad one is the pipeline's to
+    count), in the first non-empty shard.
+    """
+    for path in files:
+        for index, serialized in enumerate(records.read_records(path)):
+            try:
+                feature = tf.train.Example.FromString(serialized).features.feature
+            except Exception:  # noqa: BLE001 - unparseable: dropped and counted later
+                continue
+            if schema.TEACHER_LABEL not in feature:
+                raise cli.ConfigError(
+                    f"{path}: record {index} has no {schema.TEACHER_LABEL}; --input must be "
+                    "pseudo-labeled shards (the --output_dir of tools/label.py), not source shards"
+                )
+            return
 
 
 def main(argv):
+    files = records.list_files(FLAGS.input)
+    _check_pseudo_labeled(files)
     manifest = beam_filter.run_filter_balance(
-        records.list_files(FLAGS.input),
+        files,
         FLAGS.output_dir,
         FLAGS.num_classes or None,
         threshold=FLAGS.threshold,

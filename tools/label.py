@@ -68,6 +68,21 @@ flags.DEFINE_enum(
     "engine", "job_array", ("job_array", "beam"), "job_array: this process; beam: Apache Beam."
 )
 flags.DEFINE_string("runner", "DirectRunner", "Beam runner for --engine=beam.")
+cli.check_ranges(
+    {
+        "temperature": "(0, inf)",
+        "topk": "[0, inf)",
+        "shard_index": "[0, inf)",
+        "num_shards": "[1, inf)",
+        "batch_size": "[1, inf)",
+        "image_size": "[0, inf)",
+    }
+)
+flags.register_multi_flags_validator(
+    ["shard_index", "num_shards"],
+    lambda f: f["num_shards"] < 1 or f["shard_index"] < f["num_shards"],
+    "--shard_index must be below --num_shards (job i of a num_shards-job array)",
+)
 
 
 def main(argv):

@@ -7,6 +7,12 @@ bytes (no decode and re-encode). Every image is test-decoded first; one that
 fails is skipped and counted, with the first few names in the manifest.
 Records are dealt round-robin over the shards, in sorted order, so shards
 are about equal and the output is deterministic.
+
+The class-name -> id map used is written to `output_dir/class_map.json`. A
+later folder written with that map (a validation folder missing a class, or
+`--prefix=test` into the same output_dir) gets the same ids by name instead
+of ids shifted by the missing class, and one with a class the map lacks is
+refused.
 """
 
 from __future__ import annotations
@@ -21,24 +27,61 @@ from noisy_student_tf.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 MAX_NAMED_FAILURES = 20
+CLASS_MAP = "class_map.json"
 
 
-def folder_items(root: str) -> tuple[list[str], Iterator[tuple[bytes, int, bytes]]]:
-    """(class names, iterator of (encoded, label, key)) for an image folder.
+def read_class_map(path: str) -> dict[str, int]:
+    """A `class_map.json` ({class name: id}) written by `write_class_map`."""
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"class map {path!r} does not exist")
+    return {str(name): int(i) for name, i in records.read_json(path).items()}
 
-    Keys are the paths relative to `root`.
+
+def write_class_map(output_dir: str, class_map: dict[str, int]) -> str:
+    return records.write_json(os.path.join(output_dir, CLASS_MAP), class_map)
+
+
+def class_ids(classes: list[str], class_map: dict[str, int] | None, where: str) -> dict[str, int]:
+    """{name: id} for `classes`: sorted order, or by name through an earlier run's map.
+
+    Raises:
+      ConfigError: a class the map does not hold (its id would be a guess).
+    """
+    if class_map is None:
+        return {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in classes if name not in class_map]
+    if unknown:
+        raise ConfigError(
+            f"{where} has classes {unknown} that the class map does not hold "
+            f"({len(class_map)} classes: {sorted(class_map, key=class_map.get)[:10]}...); "
+            "its ids would not match the earlier shards'"
+        )
+    return {name: class_map[name] for name in classes}
+
+
+def folder_items(
+    root: str, class_map: dict[str, int] | None = None
+) -> tuple[list[str], Iterator[tuple[bytes, int, bytes]]]:
+    """(class names by id, iterator of (encoded, label, key)) for an image folder.
+
+    Keys are the paths relative to `root`. With `class_map` (an earlier
+    run's), class folders get their ids by name and the names returned are
+    the map's, all of them.
     """
     if not tf.io.gfile.isdir(root):
         raise FileNotFoundError(f"--input {root!r} is not a folder of images")
     entries = sorted(tf.io.gfile.listdir(root))
     classes = [e.rstrip("/") for e in entries if tf.io.gfile.isdir(os.path.join(root, e))]
     if classes:
+        ids = class_ids(classes, class_map, f"--input {root!r}")
         files = [
-            (os.path.join(c, f), label)
-            for label, c in enumerate(classes)
+            (os.path.join(c, f), ids[c])
+            for c in classes
             for f in sorted(tf.io.gfile.listdir(os.path.join(root, c)))
             if f.lower().endswith(IMAGE_EXTENSIONS)
         ]
+        if class_map is not None:
+            classes = sorted(class_map, key=class_map.get)
     else:
         files = [(f, schema.UNLABELED) for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:

@@ -221,18 +221,34 @@ def training_dataset(
 
 
 def _interleaved(
-    files: Sequence[str], seed: int, shuffle_buffer: int, caller: str, shuffle_files: bool = True
+    files: Sequence[str],
+    seed: int,
+    shuffle_buffer: int,
+    caller: str,
+    shuffle_files: bool = True,
+    named: bool = False,
 ):
     """Serialized records of `files`: file order shuffled (`shuffle_files`), up to 64
-    read interleaved, records shuffled over `shuffle_buffer` (0 or 1: in order)."""
+    read interleaved, records shuffled over `shuffle_buffer` (0 or 1: in order).
+
+    With `named`, each element is (file path, index in the file, record), so
+    an error about a record can name where it is; the order is the same.
+    """
     files = [str(f) for f in files]
     if not files:
         raise FileNotFoundError(f"{caller} got no files")
     names = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_files:
         names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+    def read(path):
+        records = tf.data.TFRecordDataset(path)
+        if not named:
+            return records
+        return records.enumerate().map(lambda index, record: (path, index, record))
+
     ds = names.interleave(
-        tf.data.TFRecordDataset,
+        read,
         cycle_length=min(len(files), MAX_OPEN_FILES),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -284,11 +300,16 @@ def pseudo_labeled_records(
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _decode_source(image_size: int, small_image: bool | None):
-    def parse(serialized):
+def _decode_source(image_size: int, small_image: bool | None, num_classes: int | None):
+    """(path, index, serialized) -> (image, label); with num_classes the label is checked."""
+
+    def parse(path, index, serialized):
         record = schema.parse_source(serialized)
         image = preprocessing.eval_preprocess(record[schema.IMAGE], image_size, small_image)
-        return image, record[schema.LABEL]
+        label = record[schema.LABEL]
+        if num_classes:
+            label = schema.checked_label(label, num_classes, path, index, unlabeled=False)
+        return image, label
 
     return parse
 
@@ -300,6 +321,7 @@ def source_records(
     small_image: bool | None = None,
     shuffle_buffer: int = RECORD_SHUFFLE_BUFFER,
     cache: bool = False,
+    num_classes: int | None = None,
 ) -> tf.data.Dataset:
     """Unbatched (uint8 image [S, S, 3], int64 label) from source shards, one pass.
 
@@ -307,13 +329,19 @@ def source_records(
     repeats and batches it). Read like `pseudo_labeled_records`; with
     `cache` (a small set, see sources.cacheable) the files are read once in
     order and the decoded images kept in memory, so later epochs only
-    reshuffle them.
+    reshuffle them. With `num_classes`, a label outside [0, num_classes)
+    stops the stream with an error naming its shard and record.
     """
     ds = _interleaved(
-        files, seed, 0 if cache else shuffle_buffer, "source_records", shuffle_files=not cache
+        files,
+        seed,
+        0 if cache else shuffle_buffer,
+        "source_records",
+        shuffle_files=not cache,
+        named=True,
     )
     ds = ds.map(
-        _decode_source(image_size, small_image),
+        _decode_source(image_size, small_image, num_classes),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -321,12 +349,21 @@ def source_records(
 
 
 def eval_records(
-    files: Sequence[str], image_size: int, batch_size: int, small_image: bool | None = None
+    files: Sequence[str],
+    image_size: int,
+    batch_size: int,
+    small_image: bool | None = None,
+    num_classes: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (uint8 images [B, S, S, 3], int64 labels [B]) in file order, eval view."""
-    ds = _interleaved(files, 0, 0, "eval_records", shuffle_files=False)
+    """Batches of (uint8 images [B, S, S, 3], int64 labels [B]) in file order, eval view.
+
+    With `num_classes`, a label outside [0, num_classes) is an error naming
+    its shard and record (a test image is never skipped: that would change
+    the accuracy's meaning).
+    """
+    ds = _interleaved(files, 0, 0, "eval_records", shuffle_files=False, named=True)
     ds = ds.map(
-        _decode_source(image_size, small_image),
+        _decode_source(image_size, small_image, num_classes),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

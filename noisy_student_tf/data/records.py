@@ -92,6 +92,105 @@ def read_records(path: str) -> Iterator[bytes]:
             index += 1
 
 
+def check_labels(labels, files: list[str], num_classes: int, where: str, unlabeled: bool) -> None:
+    """Raises ConfigError naming the shard and record of the first label out of range.
+
+    Args:
+      labels: int [N], the records of `files` in order.
+      files: the shards they were read from (counted to find the record).
+      num_classes: labels must be in [0, num_classes), or -1 (no label)
+        when `unlabeled`.
+      where: what the files are, for the message (e.g. "data.path train split").
+    """
+    low = -1 if unlabeled else 0  # schema.UNLABELED
+    bad = [i for i, label in enumerate(labels) if not low <= label < num_classes]
+    if not bad:
+        return
+    index = bad[0]
+    for path in files:
+        count = count_records(path)
+        if index < count:
+            break
+        index -= count
+    raise ConfigError(
+        f"{path}: record {index} has image/class/label {labels[bad[0]]}, outside "
+        f"[{low}, {num_classes}) (data.num_classes); {len(bad)} such record(s) in {where}"
+    )
+
+
+def filter_balance_manifest(folder: str, key: str = "data.pseudo_labeled") -> str:
+    """The manifest.json of a finished tools/filter_balance.py output holding records.
+
+    Checked before the loop hashes it or a student trains from the folder.
+
+    Raises:
+      ConfigError: no manifest (not a finished filter_balance output) or no
+        record kept (every pool image below the threshold).
+    """
+    path = os.path.join(folder, "manifest.json")
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(
+            f"{key}={folder!r} has no manifest.json; expected the --output_dir of a "
+            "finished tools/filter_balance.py run"
+        )
+    manifest = read_json(path)
+    if not manifest.get("out_records"):
+        raise ConfigError(
+            f"{key}={folder!r} holds no pseudo-labeled record ({manifest.get('in', 0)} in, "
+            f"none at or above threshold {manifest.get('threshold')}); lower the threshold "
+            "or train the teacher longer"
+        )
+    return path
+
+
+def class_names_beside(files: list[str]) -> list[str] | None:
+    """The class names tools/make_records.py wrote beside `files`, ordered by id, or None.
+
+    Read from the folder of the first shard: `class_map.json`, else the
+    `classes` of its `manifest.json` (older outputs).
+    """
+    if not files:
+        return None
+    folder = os.path.dirname(files[0])
+    class_map = os.path.join(folder, "class_map.json")  # data.ingest.CLASS_MAP
+    if tf.io.gfile.exists(class_map):
+        ids = read_json(class_map)
+        return sorted(ids, key=ids.get)
+    manifest = os.path.join(folder, "manifest.json")
+    if tf.io.gfile.exists(manifest):
+        return list(read_json(manifest).get("classes") or []) or None
+    return None
+
+
+def check_class_names(sets: dict[str, list[str]], num_classes: int) -> list[str] | None:
+    """The sets' common class names (None where no set names them), checked up front.
+
+    Args:
+      sets: config key (e.g. "data.labeled") -> its shard files.
+      num_classes: data.num_classes.
+
+    Raises:
+      ConfigError: a set names another number of classes than num_classes,
+        or two sets name their classes differently (their ids would disagree).
+    """
+    named = {key: class_names_beside(files) for key, files in sets.items()}
+    named = {key: names for key, names in named.items() if names}
+    for key, names in named.items():
+        if len(names) != num_classes:
+            raise ConfigError(
+                f"{key}: its shards name {len(names)} classes (class_map.json / manifest.json "
+                f"beside them) but data.num_classes={num_classes}"
+            )
+    distinct = {tuple(names) for names in named.values()}
+    if len(distinct) > 1:
+        keys = ", ".join(named)
+        raise ConfigError(
+            f"{keys} name their classes differently, so the same id means different classes; "
+            "write the later sets with tools/make_records.py --class_map of the first"
+        )
+    return list(distinct.pop()) if distinct else None
+
+
 def count_records(path: str) -> int:
     """Number of records in a local or remote file, checking it is not truncated.
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from noisy_student_tf.data import records
+from noisy_student_tf.errors import ConfigError
+
 IMAGE = "image/encoded"
 FORMAT = "image/format"
 LABEL = "image/class/label"
@@ -136,6 +139,56 @@ def parse_source(serialized: tf.Tensor) -> dict:
     return tf.io.parse_single_example(serialized, SOURCE_FEATURES)
 
 
+# Starts the message of a record whose label is out of range; cli.run turns
+# the InvalidArgumentError carrying it into one `error:` line.
+BAD_RECORD = "bad record: "
+
+
+def checked_label(
+    label: tf.Tensor, num_classes: int, path: tf.Tensor, index: tf.Tensor, unlabeled: bool
+) -> tf.Tensor:
+    """`label` once it is in [0, num_classes) (or -1 with `unlabeled`); else an error.
+
+    A label >= num_classes would become a one-hot of zeros and train
+    silently, and a test label out of range is counted wrong; the error
+    names the shard and the record's index in it instead.
+    """
+    low = UNLABELED if unlabeled else 0
+    message = tf.strings.format(
+        BAD_RECORD + "{}: record {} has image/class/label {}, outside [{}, {}) (data.num_classes)",
+        (path, index, label, low, num_classes),
+    )
+    valid = tf.logical_and(label >= low, label < num_classes)
+    with tf.control_dependencies([tf.debugging.Assert(valid, [message], summarize=1)]):
+        return tf.identity(label)
+
+
+def name_bad_image(files: list[str], key: str, error: Exception) -> Exception:
+    """The error to raise when reading `files` failed: one naming the undecodable record.
+
+    tf.data reports an image that does not decode without saying where it
+    is; this second pass (run only after such a failure) decodes the records
+    in order until one fails. Where skipping an image would change a
+    result's meaning (a test image), the run stops with this error.
+
+    Returns:
+      ConfigError naming the shard and the record's index, or `error`
+      itself when every image decodes (the failure was something else).
+    """
+    for path in files:
+        for index, serialized in enumerate(records.read_records(path)):
+            try:
+                encoded = tf.train.Example.FromString(serialized).features.feature[IMAGE]
+                tf.io.decode_image(encoded.bytes_list.value[0], channels=3, expand_animations=False)
+            except Exception as e:  # noqa: BLE001 - any failure to get pixels is the same fault
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                return ConfigError(
+                    f"{path}: record {index} of {key} is not a decodable image ({reason[:200]}); "
+                    "a test image is never skipped, as that would change the accuracy"
+                )
+    return error
+
+
 def parse_pseudo(serialized: tf.Tensor, num_classes: int) -> dict:
     """Parses a pseudo-labeled record; adds a dense `teacher/probs` [C].
 
@@ -218,6 +271,8 @@ def check_pseudo(serialized: bytes, num_classes: int):
     if len(probs):
         if len(probs) != num_classes:
             return None, "probs_wrong_length"
+        if not all(0.0 <= p <= 1.0 for p in probs):  # NaN fails both comparisons
+            return None, "probs_out_of_range"
     else:
         classes = (
             feature[TEACHER_TOPK_CLASSES].int64_list.value
@@ -229,6 +284,8 @@ def check_pseudo(serialized: bytes, num_classes: int):
             return None, "probs_wrong_length"
         if min(classes) < 0 or max(classes) >= num_classes:
             return None, "topk_class_out_of_range"
+        if not all(0.0 <= p <= 1.0 for p in topk):
+            return None, "probs_out_of_range"
     key = _one(feature[KEY], "bytes_list") if KEY in feature else None
     return {"label": int(label), "confidence": float(confidence), "key": key or b""}, None
 
@@ -242,5 +299,6 @@ REJECT_REASONS = (
     "bad_source_label",
     "probs_wrong_length",
     "topk_class_out_of_range",
+    "probs_out_of_range",  # a NaN, negative or > 1 teacher probability
     "undecodable_image",
 )

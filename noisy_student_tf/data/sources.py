@@ -168,6 +168,8 @@ def load_tfrecord_dir(
     train_files, test_files = shard_files(path, "train"), shard_files(path, "test")
     images, labels = _read_split(train_files, image_size)
     test_images, test_labels = _read_split(test_files, image_size)
+    records.check_labels(labels, train_files, num_classes, "data.path train-*", unlabeled=True)
+    records.check_labels(test_labels, test_files, num_classes, "data.path test-*", unlabeled=False)
     return _first_per_class_split(
         images, labels, test_images, test_labels, num_labeled_per_class, num_classes
     )

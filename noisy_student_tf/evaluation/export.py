@@ -34,6 +34,7 @@ bit-identical to what the pipeline feeds the model.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import keras
@@ -181,8 +182,32 @@ def export_saved_model(
     # Custom gradients only matter to code that trains the loaded model;
     # tracing them took as long as the rest of the export (measured).
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    _bind_saved_model_api()
     archive.write_out(path, options=options, verbose=False)
     return path
+
+
+def _bind_saved_model_api() -> None:
+    """Registers TF's loaded `tf.saved_model` API modules under their public names.
+
+    Keras 3 (`saved_model_export_archive._filter_and_track_resources`, read
+    in keras 3.15) runs `from tensorflow.saved_model.experimental import
+    TrackableResource` inside `write_out`. TensorFlow binds `tf.saved_model`
+    as an attribute (the module `tensorflow._api.v2.saved_model`) and never
+    registers `tensorflow.saved_model` in `sys.modules`, so unless something
+    imported that name earlier, this one import searches `tensorflow.__path__`
+    on disk at the very end of a run and loads a second copy of the module.
+    A run that had trained for minutes failed right there with
+    `ModuleNotFoundError: No module named 'tensorflow.saved_model'` (issue
+    20), while processes that had imported the name earlier (the test suite)
+    never did. Binding the names to the modules TensorFlow already loaded
+    makes the export independent of the import system's state.
+    """
+    for name, module in (
+        ("tensorflow.saved_model", tf.saved_model),
+        ("tensorflow.saved_model.experimental", tf.saved_model.experimental),
+    ):
+        sys.modules.setdefault(name, module)
 
 
 def load_saved_model(path: str):

@@ -10,13 +10,87 @@ before and after the strategy is known.
 from __future__ import annotations
 
 import copy
+import math
 
 from noisy_student_tf.data import sources
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.select import validate_balance
-from noisy_student_tf.training import fine_tune, precision
+from noisy_student_tf.training import fine_tune, optimization, precision
 
-__all__ = ["iteration_config", "validate_config"]
+__all__ = ["RANGES", "iteration_config", "range_problem", "validate_config"]
+
+
+# Every numeric key's interval: "[a, b]" closed, "(a, b)" open, "inf" no bound.
+# A key missing from a config (older files, fine_tune-less configs) is not
+# checked; ROLE stands for both model blocks. Values out of these make a run
+# that cannot train (a batch of 0), trains backwards (learning_rate < 0) or
+# fails hours later (a temperature of 0 divides by zero).
+RANGES = {
+    "seed": "[0, inf)",  # numpy and the stateless tf.random ops take no negative seed
+    "num_iterations": "[0, inf)",
+    "data.num_classes": "[2, inf)",
+    "data.image_size": "[8, inf)",  # the EfficientNet stem and stages need >= 8 px
+    "data.num_labeled_per_class": "[1, inf)",  # 0: an empty labeled set
+    "data.num_test_per_class": "[1, inf)",
+    "data.split_seed": "[0, inf)",
+    "ROLE.width_coefficient": "(0, inf)",
+    "ROLE.depth_coefficient": "(0, inf)",
+    "ROLE.batch_norm_momentum": "[0, 1]",
+    "ROLE.dropout_rate": "[0, 1)",  # keras.layers.Dropout
+    "ROLE.final_survival_prob": "(0, 1]",
+    "ROLE.randaugment_layers": "[0, inf)",
+    "ROLE.randaugment_magnitude": "[0, 30]",  # the official 0-30 scale
+    "train.batch_size": "[1, inf)",
+    "train.eval_batch_size": "[1, inf)",
+    "train.steps_per_epoch": "[0, inf)",  # 0: one pass over the labeled images
+    "train.teacher_epochs": "[0, inf)",  # >= 1 when it trains: _check_epochs
+    "train.student_epochs": "[0, inf)",
+    "train.warmup_epochs": "[0, inf)",
+    "train.learning_rate": "(0, inf)",  # <= 0 would train backwards or not at all
+    "train.ema_decay": "[0, 1)",  # 0: no moving average (training/noisy_student.py)
+    "train.decay_rate": "(0, 1]",
+    "train.decay_epochs": "(0, inf)",
+    "train.final_learning_rate": "[0, inf)",  # 0: off
+    "train.weight_decay": "[0, inf)",
+    "train.label_smoothing": "[0, 1)",
+    "train.save_every_steps": "[0, inf)",  # 0: no checkpoint during fit
+    "pseudo.threshold": "[0, 1]",  # a confidence
+    "pseudo.temperature": "(0, inf)",  # softmax(logits / temperature)
+    "pseudo.images_per_class": "[0, inf)",  # 0: no balancing
+    "pseudo.unlabeled_ratio": "[1, inf)",
+    "pseudo.unlabeled_ratio_per_iteration": "[1, inf)",
+    "pseudo.topk": "[0, inf)",  # 0: all classes
+    "pseudo.num_output_shards": "[1, inf)",
+    "evaluate.sample": "[0, inf)",  # 0: all
+    "evaluate.severities": "[1, 5]",  # ImageNet-C severities
+    "evaluate.eps": "[0, 255]",  # pixels
+    "evaluate.pgd_steps": "[1, inf)",
+    "fine_tune.image_size": "[0, inf)",  # 0 while disabled; >= 1 when enabled: fine_tune.validate
+    "fine_tune.epochs": "(0, inf)",
+    "fine_tune.frozen_blocks": "[0, inf)",
+    "fine_tune.unlabeled_ratio": "[0, inf)",  # 0 when enabled: fine_tune.validate
+}
+
+
+def range_problem(name: str, value, interval: str) -> str | None:
+    """Why `value` is not a finite number in `interval` (e.g. "[0, 1)"), or None.
+
+    Shared by validate_config (config keys) and the tools' flags (cli.py),
+    so a key and a flag say the same thing about the same range.
+    """
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number in {interval}, got {value!r}"
+    if not math.isfinite(value):
+        return f"{name} must be a finite number in {interval}, got {value}"
+    below = value < low if interval[0] == "[" else value <= low
+    above = value > high if interval[-1] == "]" else value >= high
+    if not (below or above):
+        return None
+    if math.isinf(high):
+        bound = f">= {low:g}" if interval[0] == "[" else f"> {low:g}"
+        return f"{name} must be {bound}, got {value}"
+    return f"{name} must be in {interval}, got {value}"
 
 
 def validate_config(config, num_replicas: int | None = None) -> None:
@@ -27,11 +101,9 @@ def validate_config(config, num_replicas: int | None = None) -> None:
       num_replicas: replicas of the distribution strategy, when it is known;
         the global batch must split evenly over them.
     """
-    if not 0.0 <= config.pseudo.threshold <= 1.0:
-        raise ConfigError(f"pseudo.threshold must be in [0, 1], got {config.pseudo.threshold}")
-    ratio = config.pseudo.unlabeled_ratio
-    if ratio < 1 or int(ratio) != ratio:
-        raise ConfigError(f"pseudo.unlabeled_ratio must be an integer >= 1, got {ratio}")
+    _check_numbers(config)
+    _check_epochs(config)
+    _check_schedule(config.train)
     ratios = tuple(config.pseudo.get("unlabeled_ratio_per_iteration", ()))
     if ratios and len(ratios) != config.num_iterations:
         raise ConfigError(
@@ -39,23 +111,15 @@ def validate_config(config, num_replicas: int | None = None) -> None:
             f"num_iterations={config.num_iterations}; give one ratio per student, or () "
             "to use pseudo.unlabeled_ratio for all"
         )
-    for r in ratios:
-        if r < 1 or int(r) != r:
-            raise ConfigError(
-                f"pseudo.unlabeled_ratio_per_iteration entries must be integers >= 1, got {r}"
-            )
-    if config.pseudo.soft and config.pseudo.temperature <= 0:
-        raise ConfigError(f"pseudo.temperature must be > 0, got {config.pseudo.temperature}")
+    for r in (config.pseudo.unlabeled_ratio, *ratios):
+        if int(r) != r:
+            raise ConfigError(f"pseudo.unlabeled_ratio values must be integers >= 1, got {r}")
     if config.pseudo.online and config.pseudo.via_records:
         raise ConfigError(
             "pseudo.online and pseudo.via_records are exclusive: the online "
             "teacher labels inside the train step, via_records labels to files"
         )
-    if config.num_iterations < 0:
-        raise ConfigError(f"num_iterations must be >= 0, got {config.num_iterations}")
     batch = config.train.batch_size
-    if batch < 1:
-        raise ConfigError(f"train.batch_size must be >= 1, got {batch}")
     if num_replicas and batch % num_replicas:
         # Otherwise replicas get unequal shards and fit() fails deep inside
         # the gradient all-reduce with an unreadable AddN shape error.
@@ -65,26 +129,70 @@ def validate_config(config, num_replicas: int | None = None) -> None:
             f"{num_replicas} replicas; use a multiple of {num_replicas} (e.g. {lower} or "
             f"{lower + num_replicas})"
         )
-    if config.pseudo.images_per_class < 0:
-        raise ConfigError(
-            f"pseudo.images_per_class must be >= 0 (0 = no balancing), got "
-            f"{config.pseudo.images_per_class}"
-        )
     if config.verbose not in (0, 1, 2):
         raise ConfigError(f"verbose must be 0, 1 or 2, got {config.verbose}")
     validate_balance(config.pseudo.get("balance", "exact"))
-    for role in ("teacher", "student"):
-        magnitude = config[role].randaugment_magnitude
-        if not 0 <= magnitude <= 30:
-            raise ConfigError(f"{role}.randaugment_magnitude must be in [0, 30], got {magnitude}")
-    if config.train.get("save_every_steps", 0) < 0:
-        raise ConfigError(
-            f"train.save_every_steps must be >= 0 (0: no checkpoint during fit), got "
-            f"{config.train.save_every_steps}"
-        )
     _validate_data_mode(config)
     fine_tune.validate(config, sources.is_stream_mode(config.data))
     precision.resolve_config(config, "tpu" if config.strategy == "tpu" else "cpu")
+
+
+def _leaves(config, prefix=""):
+    """(dotted key, value) of every setting of a ConfigDict, depth first."""
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _check_numbers(config) -> None:
+    """No NaN or infinity anywhere (a float key takes both), and every RANGES key in range."""
+    leaves = dict(_leaves(config))
+    for key, value in leaves.items():
+        for number in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ConfigError(f"{key} must be a finite number, got {number}")
+    for pattern, interval in RANGES.items():
+        for key in (pattern.replace("ROLE", r) for r in ("teacher", "student")):
+            value = leaves.get(key)
+            for number in value if isinstance(value, (tuple, list)) else (value,):
+                problem = number is not None and range_problem(key, number, interval)
+                if problem:
+                    raise ConfigError(problem)
+
+
+def _check_epochs(config) -> None:
+    """A model the loop trains needs at least one epoch; zero trains nothing, silently."""
+    loads_teacher = config.get("teacher_checkpoint", "") or config.data.get("pseudo_labeled", "")
+    if config.train.teacher_epochs < 1 and not loads_teacher:
+        raise ConfigError(
+            f"train.teacher_epochs must be >= 1, got {config.train.teacher_epochs}: the teacher "
+            "would label the pool untrained (set teacher_checkpoint to use a trained one)"
+        )
+    if config.train.student_epochs < 1 and config.num_iterations > 0:
+        raise ConfigError(
+            f"train.student_epochs must be >= 1 when num_iterations={config.num_iterations} "
+            f"> 0, got {config.train.student_epochs}"
+        )
+
+
+def _check_schedule(train) -> None:
+    """The optimizer and schedule by name, and a final rate below the peak, before fit()."""
+    if train.optimizer not in optimization.OPTIMIZERS:
+        raise ConfigError(
+            f"train.optimizer={train.optimizer!r} is not one of {optimization.OPTIMIZERS}"
+        )
+    if train.schedule not in optimization.SCHEDULES:
+        raise ConfigError(
+            f"train.schedule={train.schedule!r} is not one of {optimization.SCHEDULES}"
+        )
+    final = train.get("final_learning_rate", 0.0) or 0.0
+    if final and final >= train.learning_rate:
+        raise ConfigError(
+            f"train.final_learning_rate must be in (0, train.learning_rate="
+            f"{train.learning_rate}), got {final} (0 turns it off)"
+        )
 
 
 def iteration_config(config, iteration: int):

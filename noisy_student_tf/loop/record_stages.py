@@ -205,7 +205,11 @@ def pseudo_label_accuracy(labeled_dir: str) -> float:
 
 
 def eval_batches(
-    source: RecordSource, image_size: int, batch_size: int, small_image: bool
+    source: RecordSource,
+    image_size: int,
+    batch_size: int,
+    small_image: bool,
+    num_classes: int | None = None,
 ) -> tf.data.Dataset:
     """The test set as batches of (images, labels), eval view, in order."""
     if source.is_tfds:
@@ -213,7 +217,7 @@ def eval_batches(
             source.tfds_name, source.tfds_split, image_size, source.data_dir, small_image
         )
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return pipeline.eval_records(source.files, image_size, batch_size, small_image)
+    return pipeline.eval_records(source.files, image_size, batch_size, small_image, num_classes)
 
 
 def streamed_top1(model: keras.Model, batches: tf.data.Dataset) -> float:

@@ -157,7 +157,13 @@ class _Data:
             self.num_labeled = data.num_labeled
             self.pseudo_folder = data.pseudo_labeled
             self.has_unlabeled = data.unlabeled is not None
+            # The pool may come from another label space (JFT), so only these two.
+            named = {"data.labeled": data.labeled, "data.test": data.test}
+            self.class_names = records.check_class_names(
+                {key: s.files for key, s in named.items() if not s.is_tfds}, self.num_classes
+            )
         else:
+            self.class_names = None
             self.image_size = int(data.test_images.shape[1])
             self.num_labeled = len(data.labeled_labels)
             self.pseudo_folder = ""
@@ -185,6 +191,7 @@ class _Data:
             seed=seed,
             small_image=small,
             cache=sources.cacheable(source, image_size, LABELED_CACHE_BYTES),
+            num_classes=self.num_classes,
         )
 
     def test_top1(self, model: keras.Model, small_image: bool, image_size: int | None = None):
@@ -194,8 +201,13 @@ class _Data:
                 model, self.data.test_images, self.data.test_labels, batch
             )
         size = image_size or self.image_size
-        batches = record_stages.eval_batches(self.data.test, size, batch, small_image)
-        return record_stages.streamed_top1(model, batches)
+        batches = record_stages.eval_batches(
+            self.data.test, size, batch, small_image, self.num_classes
+        )
+        try:
+            return record_stages.streamed_top1(model, batches)
+        except tf.errors.InvalidArgumentError as e:  # e.g. an image that does not decode
+            raise schema.name_bad_image(self.data.test.files, "data.test", e) from e
 
 
 def _model_settings(config, iteration: int, previous: str) -> dict:
@@ -246,7 +258,7 @@ def run(
     sets = _Data(data, config, workdir)
     image_size, num_classes = sets.image_size, sets.num_classes
     loaded_from = config.get("teacher_checkpoint", "")
-    loaded = load_teacher_checkpoint(loaded_from, image_size) if loaded_from else None
+    loaded = load_teacher_checkpoint(loaded_from, image_size, num_classes) if loaded_from else None
     if not sets.pseudo_folder:
         check_student_size(
             loaded if loaded is not None else build_model(config.teacher, num_classes, image_size),
@@ -262,7 +274,7 @@ def run(
     teacher_path, fingerprint, pseudo_dir = "", "", ""
     if sets.pseudo_folder:
         pseudo_dir = sets.pseudo_folder
-        fingerprint = _fingerprint(os.path.join(pseudo_dir, "manifest.json"))
+        fingerprint = _fingerprint(records.filter_balance_manifest(pseudo_dir))
     first = 1 if sets.pseudo_folder else 0
     for iteration in range(first, config.num_iterations + 1):
         role = "teacher" if iteration == 0 else "student"
@@ -393,7 +405,10 @@ def run(
         trained.append(("fine-tuned", teacher_path))
         _print_row(rows[-1])
     evaluation.export_saved_model(
-        model, os.path.join(workdir, "saved_model"), small_image=config.student.small_image
+        model,
+        os.path.join(workdir, "saved_model"),
+        class_names=sets.class_names,
+        small_image=config.student.small_image,
     )
     plot(rows, os.path.join(workdir, "accuracy.png"))
     results = {"models": rows, "config": config.to_dict()}

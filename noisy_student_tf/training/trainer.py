@@ -71,13 +71,17 @@ def is_saved_model(path: str) -> bool:
     return tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
 
 
-def load_teacher_checkpoint(path: str, image_size: int) -> keras.Model:
+def load_teacher_checkpoint(
+    path: str, image_size: int, num_classes: int | None = None
+) -> keras.Model:
     """`teacher_checkpoint`: `.keras`, exported SavedModel, official or keras.applications `.h5`.
 
     Lets ablations share one teacher and a run start from a teacher trained
     elsewhere. A SavedModel (evaluation.export_saved_model's `serve`
     endpoint) is wrapped as a Keras model so it can label, be evaluated and
-    act as an online teacher like a trained one.
+    act as an online teacher like a trained one. Its input size and, given
+    `num_classes`, its class count are checked here, right after loading:
+    a mismatch otherwise surfaces only when the student trains on its labels.
     """
     if is_saved_model(path):
         endpoint = keras.layers.TFSMLayer(path, call_endpoint="serve")
@@ -89,6 +93,12 @@ def load_teacher_checkpoint(path: str, image_size: int) -> keras.Model:
         raise ConfigError(
             f"teacher_checkpoint={path!r} takes {model.input_shape[1:3]} images but "
             f"the data is {image_size}x{image_size} (data.image_size)"
+        )
+    outputs = model.output_shape[-1]
+    if num_classes is not None and outputs is not None and outputs != num_classes:
+        raise ConfigError(
+            f"teacher_checkpoint={path!r} predicts {outputs} classes but the data has "
+            f"{num_classes} (data.num_classes)"
         )
     return model
 
