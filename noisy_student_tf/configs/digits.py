@@ -37,6 +37,14 @@ def model(dropout_rate=0.2, final_survival_prob=0.8, magnitude=9, flip=False, ex
             # all-reduce batch-norm moments across replicas (official utils.py
             # TpuBatchNormalization, main.py --num_shards_per_group)
             sync_batch_norm=False,
+            # batch-norm moments over groups of this many consecutive replicas
+            # (models/layers.py GroupedBatchNormalization): 1 per replica; -1 the
+            # official rule, groups of max(8, replicas // 8) beyond 8 replicas
+            # (official utils.py TpuBatchNormalization, main.py --num_shards_per_group=-1)
+            batch_norm_group_size=1,
+            # input mean/std inside the model, a models/efficientnet.py NORMALIZATIONS
+            # name (official task_info.py get_mean_std: each task its own)
+            normalization="imagenet",
         )
     )
 
@@ -95,6 +103,10 @@ def get_config(arg=None):
             teacher_epochs=400,  # 2 steps per epoch: 800 steps
             student_epochs=400,
             optimizer="adam",  # rmsprop (official) | sgd | adam
+            # rmsprop only: where the mean square of the gradients starts; 0.0
+            # Keras's RMSprop, 1.0 TF1 tf.train.RMSPropOptimizer (the official
+            # optimizer; training/optimization.py TF1RMSprop)
+            rmsprop_second_moment_init=0.0,
             learning_rate=0.01,  # per 256 labeled images; scaled with batch_size
             schedule="cosine",  # exponential (official) | cosine | constant
             warmup_epochs=3,
