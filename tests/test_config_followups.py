@@ -12,7 +12,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from noisy_student_tf import configs
-from noisy_student_tf.loop import stages
+from noisy_student_tf.errors import ConfigError
+from noisy_student_tf.loop import config_checks, stages
 from noisy_student_tf.training import optimization, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,3 +126,105 @@ def test_stage_settings_change_only_by_the_added_keys_at_their_defaults(spec):
         **{f"{role}.{k}": v for role in ("teacher", "student") for k, v in MODEL_KEYS.items()},
         **{f"train.{k}": v for k, v in TRAIN_KEYS.items()},
     }
+
+
+def _official_group(replicas):
+    """noisystudent utils.py / main.py --num_shards_per_group=-1, computed here directly."""
+    return 1 if replicas <= 8 else max(8, replicas // 8)
+
+
+@pytest.mark.parametrize("spec", CASES)
+def test_validate_config_accepts_every_config_as_shipped(spec):
+    config = get(spec)
+    config_checks.validate_config(config)
+    config_checks.validate_config(config, num_replicas=1)
+    if config.strategy == "tpu":  # a v3-8 slice and the paper's 2048-core pod
+        for replicas in (8, 2048):
+            config_checks.validate_config(config, num_replicas=replicas)
+
+
+def test_unknown_normalization_names_the_key_and_the_valid_names():
+    config = get("digits:smoke")
+    config.teacher.normalization = "cifar"
+    with pytest.raises(
+        ConfigError, match=r"teacher\.normalization='cifar'.*imagenet, svhn, advprop"
+    ):
+        config_checks.validate_config(config)
+
+
+@pytest.mark.parametrize("group", [0, -2, True])
+def test_group_size_must_be_minus_one_or_a_positive_integer(group):
+    config = get("digits:smoke")
+    config.student.batch_norm_group_size = group
+    with pytest.raises(ConfigError, match=r"student\.batch_norm_group_size must be an integer"):
+        config_checks.validate_config(config)  # replicas unknown: the value alone
+
+
+def test_a_non_integer_group_size_is_refused_by_the_typed_base_key():
+    """The base config's int default types the key: ConfigDict refuses 1.5 on assignment."""
+    config = get("cifar10_4k:smoke")
+    with pytest.raises(TypeError, match="batch_norm_group_size"):
+        config.student.batch_norm_group_size = 1.5
+
+
+def test_group_size_and_sync_batch_norm_are_exclusive():
+    config = get("digits:smoke")
+    config.student.batch_norm_group_size = 2
+    config.student.sync_batch_norm = True
+    with pytest.raises(ConfigError, match="sync_batch_norm=True both set"):
+        config_checks.validate_config(config)
+
+
+@pytest.mark.parametrize(
+    "group,replicas,divides",
+    [(2, 1, False), (3, 4, False), (2, 4, True), (4, 4, True), (1, 3, True)]
+    + [(-1, n, n % _official_group(n) == 0) for n in (1, 2, 8, 12, 16, 20, 36, 64, 2048)],
+)
+def test_group_size_must_divide_the_replicas(group, replicas, divides):
+    config = get("digits:smoke")
+    config.train.batch_size = 4 * replicas  # the batch itself splits over the replicas
+    config.student.batch_norm_group_size = group
+    config_checks.validate_config(config)  # replicas unknown: nothing to divide yet
+    if divides:
+        config_checks.validate_config(config, num_replicas=replicas)
+        return
+    size = _official_group(replicas) if group == -1 else group
+    with pytest.raises(
+        ConfigError,
+        match=rf"student\.batch_norm_group_size={group} gives groups of {size}\b.* {replicas} replicas",
+    ):
+        config_checks.validate_config(config, num_replicas=replicas)
+
+
+def test_the_official_rule_leaves_some_replica_counts_undivided():
+    """The parametrization above does reach the refusal for -1 (12, 20 and 36 replicas)."""
+    assert [n for n in (12, 20, 36) if n % _official_group(n)] == [12, 20, 36]
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_second_moment_init_must_be_finite_and_non_negative(value):
+    config = get("svhn:smoke")
+    config.train.rmsprop_second_moment_init = value
+    with pytest.raises(ConfigError, match="train.rmsprop_second_moment_init must be"):
+        config_checks.validate_config(config)
+
+
+@pytest.mark.parametrize("spec,optimizer", [("imagenet:smoke", "sgd"), ("svhn:smoke", "adam")])
+def test_a_nonzero_second_moment_init_is_refused_without_rmsprop(spec, optimizer):
+    config = get(spec)
+    config.train.optimizer = optimizer
+    with pytest.raises(
+        ConfigError, match=rf"rmsprop_second_moment_init=1.0 is for .*'{optimizer}'"
+    ):
+        config_checks.validate_config(config)
+    config.train.rmsprop_second_moment_init = 0.0  # the way out the message names
+    config_checks.validate_config(config)
+
+
+def test_a_second_moment_init_on_rmsprop_is_accepted_on_the_base_config():
+    config = get("digits:smoke")
+    config.train.optimizer = "rmsprop"
+    config.train.rmsprop_second_moment_init = 1.0
+    config_checks.validate_config(config, num_replicas=1)
+    optimizer = optimization.build_optimizer(config.train, 32, 10, 1)
+    assert isinstance(optimizer, optimization.TF1RMSprop)

@@ -2,9 +2,10 @@
 
 `validate_config` turns settings that would waste hours (a batch that does
 not split over the replicas, a stream-mode key used in memory, a
-temperature of 0) into one ConfigError naming the key, before data is
-loaded or a model built; experiments/noisy_student.py calls it twice:
-before and after the strategy is known.
+temperature of 0, batch-norm groups that do not split the replicas) into
+one ConfigError naming the key, before data is loaded or a model built;
+experiments/noisy_student.py calls it twice: before and after the strategy
+is known.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import math
 from noisy_student_tf.data import sources
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.select import validate_balance
+from noisy_student_tf.models import layers
+from noisy_student_tf.models.efficientnet import NORMALIZATIONS
 from noisy_student_tf.training import fine_tune, optimization, precision
 
 __all__ = ["RANGES", "iteration_config", "range_problem", "validate_config"]
@@ -22,7 +25,8 @@ __all__ = ["RANGES", "iteration_config", "range_problem", "validate_config"]
 
 # Every numeric key's interval: "[a, b]" closed, "(a, b)" open, "inf" no bound.
 # A key missing from a config (older files, fine_tune-less configs) is not
-# checked; ROLE stands for both model blocks. Values out of these make a run
+# checked; ROLE stands for both model blocks. ROLE.batch_norm_group_size is
+# not an interval (-1 or >= 1): _check_model_block. Values out of these make a run
 # that cannot train (a batch of 0), trains backwards (learning_rate < 0) or
 # fails hours later (a temperature of 0 divides by zero).
 RANGES = {
@@ -54,6 +58,9 @@ RANGES = {
     "train.weight_decay": "[0, inf)",
     "train.label_smoothing": "[0, 1)",
     "train.save_every_steps": "[0, inf)",  # 0: no checkpoint during fit
+    # TF1RMSprop's mean-square start (training/optimization.py); a negative one
+    # makes sqrt(ms + epsilon) undefined on the first steps. rmsprop only: _check_schedule.
+    "train.rmsprop_second_moment_init": "[0, inf)",
     "pseudo.threshold": "[0, 1]",  # a confidence
     "pseudo.temperature": "(0, inf)",  # softmax(logits / temperature)
     "pseudo.images_per_class": "[0, inf)",  # 0: no balancing
@@ -99,11 +106,14 @@ def validate_config(config, num_replicas: int | None = None) -> None:
     Args:
       config: the loop's ConfigDict.
       num_replicas: replicas of the distribution strategy, when it is known;
-        the global batch must split evenly over them.
+        the global batch and each model's batch-norm groups must split
+        evenly over them.
     """
     _check_numbers(config)
     _check_epochs(config)
     _check_schedule(config.train)
+    for role in ("teacher", "student"):
+        _check_model_block(role, config[role], num_replicas)
     ratios = tuple(config.pseudo.get("unlabeled_ratio_per_iteration", ()))
     if ratios and len(ratios) != config.num_iterations:
         raise ConfigError(
@@ -187,11 +197,54 @@ def _check_schedule(train) -> None:
         raise ConfigError(
             f"train.schedule={train.schedule!r} is not one of {optimization.SCHEDULES}"
         )
+    ms_init = train.get("rmsprop_second_moment_init", 0.0)
+    if ms_init and train.optimizer != "rmsprop":
+        # Only RMSProp has a mean square; silently ignoring the key would let
+        # a paper config switched to sgd/adam look like it kept a setting.
+        raise ConfigError(
+            f"train.rmsprop_second_moment_init={ms_init} is for train.optimizer='rmsprop', "
+            f"but train.optimizer={train.optimizer!r}; set it to 0.0 (or use rmsprop)"
+        )
     final = train.get("final_learning_rate", 0.0) or 0.0
     if final and final >= train.learning_rate:
         raise ConfigError(
             f"train.final_learning_rate must be in (0, train.learning_rate="
             f"{train.learning_rate}), got {final} (0 turns it off)"
+        )
+
+
+def _check_model_block(role: str, block, num_replicas: int | None) -> None:
+    """The input statistics by name and a batch-norm grouping the replicas split into.
+
+    models/efficientnet.py refuses both too, but only when the model is
+    built: for a group size, when fit() first traces it under the strategy.
+    """
+    name = block.get("normalization", "imagenet")
+    if name not in NORMALIZATIONS:
+        raise ConfigError(
+            f"{role}.normalization={name!r} is not one of {', '.join(NORMALIZATIONS)}"
+        )
+    group = block.get("batch_norm_group_size", 1)
+    rule = layers.OFFICIAL_GROUP_RULE
+    if isinstance(group, bool) or not isinstance(group, int) or not (group >= 1 or group == rule):
+        raise ConfigError(
+            f"{role}.batch_norm_group_size must be an integer >= 1 (replicas per group; 1: "
+            f"per replica) or {rule} (the official rule), got {group!r}"
+        )
+    if group != 1 and block.get("sync_batch_norm", False):
+        raise ConfigError(
+            f"{role}.batch_norm_group_size={group} and {role}.sync_batch_norm=True both "
+            "set: groups of replicas or all replicas; choose one"
+        )
+    if not num_replicas:
+        return
+    size = layers.official_group_size(num_replicas) if group == rule else group
+    if num_replicas % size:
+        rule_note = " (the official rule for that many replicas)" if group == rule else ""
+        raise ConfigError(
+            f"{role}.batch_norm_group_size={group} gives groups of {size}{rule_note}, which "
+            f"do not divide the strategy's {num_replicas} replicas; use a divisor of "
+            f"{num_replicas} (1: per replica)"
         )
 
 
