@@ -50,7 +50,7 @@ def _leaves(config, prefix=""):
 
 
 def _cases():
-    """(spec, key, bad value): NaN and inf for floats, -1 for counts, in tuples too."""
+    """(spec, key, bad value): NaN and inf for floats, -1 for counts (-2 where -1 is a rule), in tuples too."""
     cases = []
     for spec in SPECS:
         for key, value in _leaves(_config(spec)):
@@ -60,7 +60,8 @@ def _cases():
             elif isinstance(value, float):
                 cases += [(spec, key, math.nan), (spec, key, math.inf)]
             elif isinstance(value, int) and not isinstance(value, bool):
-                cases.append((spec, key, -1))
+                # -1 is a legal batch_norm_group_size (the official group rule)
+                cases.append((spec, key, -2 if key.endswith(".batch_norm_group_size") else -1))
     return cases
 
 
