@@ -15,6 +15,7 @@ import os
 import time
 
 import numpy as np
+import tensorflow as tf
 
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.evaluation import adversarial, corruptions, metrics, perturbations, plots
@@ -120,7 +121,7 @@ def evaluate_models(
                     f"{m.why_not_differentiable}; pass --eps= to skip FGSM/PGD "
                     f"(docs/evaluation.md, 'Which signature')"
                 )
-    os.makedirs(output_dir, exist_ok=True)
+    tf.io.gfile.makedirs(output_dir)  # the loop's workdir may be a bucket
     logits = [m.predict(images, batch_size) for m in everyone]
     num_classes = logits[0].shape[1]
     if labels.max(initial=0) >= num_classes:
@@ -271,7 +272,7 @@ def evaluate_models(
         },
     }
     result = _finite(result)
-    with open(os.path.join(output_dir, "report.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(output_dir, "report.json"), "w") as f:
         json.dump(result, f, indent=1)
     _say(log, format_table(model_reports))
     return result

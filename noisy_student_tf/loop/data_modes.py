@@ -44,8 +44,8 @@ from noisy_student_tf import evaluation, labeling
 from noisy_student_tf.data import records, schema, sources
 from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
 from noisy_student_tf.errors import ConfigError
+from noisy_student_tf.labeling.targets import pseudo_targets
 from noisy_student_tf.loop import record_stages, stages
-from noisy_student_tf.training.noisy_student import smooth
 
 # Decoded labeled images (S x S x 3 bytes each) a streamed run keeps in host
 # memory with tf.data's cache(); larger labeled sets are re-read every epoch.
@@ -275,10 +275,8 @@ class RecordPool:
             self.config.student.small_image,
         )
         eps = self.config.train.label_smoothing
-        if (
-            not self.config.pseudo.soft
-        ):  # stored one-hot; smooth like real labels (official main.py)
-            stream = stream.map(lambda x, t: (x, smooth(t, eps)))
+        if not self.config.pseudo.soft:  # a stored one-hot label, smoothed by the one rule
+            stream = stream.map(lambda x, t: (x, pseudo_targets(t, False, 1.0, eps, False)))
         return stream, count
 
 
