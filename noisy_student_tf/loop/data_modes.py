@@ -91,8 +91,7 @@ def write_pool_labels(path: str, keys, labels, probs: np.ndarray) -> None:
     """
     buffer = io.BytesIO()
     np.savez(buffer, key=np.asarray(keys, object).astype(bytes), label=labels, probs=probs)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(buffer.getvalue())
+    stages.write_file(path, buffer.getvalue())
 
 
 def read_pool_labels(path: str) -> dict:

@@ -14,6 +14,8 @@ import os
 
 import tensorflow as tf
 
+from noisy_student_tf.loop import stages
+
 
 def _percent(value, width: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -73,8 +75,7 @@ def plot(rows: list, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    with tf.io.gfile.GFile(path, "wb") as f:  # the workdir may be a bucket
-        f.write(buffer.getvalue())
+    stages.write_file(path, buffer.getvalue())  # the workdir may be a bucket
 
 
 def robustness(config, sets, data, trained: list, workdir: str) -> dict:

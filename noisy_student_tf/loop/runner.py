@@ -129,8 +129,7 @@ def _start(config, workdir: str, data, strategy):
     if not strategy.extended.should_checkpoint:
         workdir = _scratch_dir(workdir, strategy)
     tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
+    stages.write_file(os.path.join(workdir, "config.json"), config.to_json(indent=2))
     keras.utils.set_random_seed(config.seed)
     if config.get("deterministic"):
         # Bit-identical reruns: deterministic kernels (slower; see README).
@@ -207,16 +206,14 @@ def _fine_tuned_row(config, model: keras.Model, sets, wall: float) -> dict:
 
 
 def _fill_counts(row: dict, labels: data_modes.PoolLabels, workdir: str, iteration: int) -> None:
-    """The selection's accuracy and kept/dropped into the row; its counts into iteration_I_selection.json."""
+    """The selection's accuracy and kept/dropped into the row; its counts to iteration_I_selection.json."""
     summary = labels.summary
     row["pseudo_label_accuracy"] = labels.accuracy
     row["kept"] = summary["kept_unique"]
     row["dropped"] = summary["in"] - summary["kept_unique"]
     row["dropped_below_threshold"] = summary["dropped_below_threshold"]
-    with tf.io.gfile.GFile(
-        os.path.join(workdir, f"iteration_{iteration}_selection.json"), "w"
-    ) as f:
-        json.dump(summary, f, indent=1)
+    path = os.path.join(workdir, f"iteration_{iteration}_selection.json")
+    stages.write_file(path, json.dumps(summary, indent=1))
 
 
 def _finish(config, workdir: str, rows, trained, model, sets, data) -> dict:
@@ -228,8 +225,7 @@ def _finish(config, workdir: str, rows, trained, model, sets, data) -> dict:
     results = {"models": rows, "config": config.to_dict()}
     if config.get("evaluate") is not None and config.evaluate.robustness:
         results["robustness"] = robustness(config, sets, data, trained, workdir)
-    with tf.io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    stages.write_file(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     return results
 
 

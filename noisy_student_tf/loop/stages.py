@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import uuid
 
 import tensorflow as tf
 
@@ -41,6 +42,19 @@ EXECUTION_KEYS = (
     "train.eval_batch_size",
     "train.save_every_steps",
 )
+
+
+def write_file(path: str, content: str | bytes) -> None:
+    """Writes a workdir file atomically through tf.io.gfile (temp name, then rename).
+
+    A kill leaves the old file or the new one, and an existing file is
+    replaced whole (TF's `ram://` filesystem, for one, does not truncate a
+    file reopened for writing).
+    """
+    tmp = f"{path}{records.TMP_MARK}{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(tmp, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def flat_settings(config, exclude_blocks: tuple = ()) -> dict:
