@@ -135,3 +135,19 @@ def test_a_remote_workdir_resumes_every_stage_and_writes_nothing_locally(
     assert records.read_json(f"{workdir}/results.json")["models"] == second["models"]
     assert not os.path.exists(tmp_path / "ram:")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_non_chief_worker_gets_the_same_scratch_folder_on_every_run():
+    from types import SimpleNamespace
+
+    from noisy_student_tf.loop import runner
+
+    def worker(task_id):
+        resolver = SimpleNamespace(task_type="worker", task_id=task_id)
+        return SimpleNamespace(cluster_resolver=resolver)
+
+    first = runner._scratch_dir("gs://bucket/run", worker(1))
+    assert runner._scratch_dir("gs://bucket/run", worker(1)) == first  # a rerun resumes there
+    assert runner._scratch_dir("gs://bucket/run", worker(2)) != first  # workers never share
+    assert runner._scratch_dir("gs://bucket/other", worker(1)) != first
+    assert "://" not in first  # a local folder
