@@ -24,6 +24,7 @@ from absl import flags
 
 from noisy_student_tf import cli
 from noisy_student_tf.labeling import report
+from noisy_student_tf.loop import data_modes
 
 _RUNS = flags.DEFINE_list("runs", [], "name=workdir pairs; the first one is plotted.")
 _SEED_RUNS = flags.DEFINE_list("seed_runs", [], "Workdirs of one config on different seeds.")
@@ -43,14 +44,27 @@ def _model_name(row: dict) -> str:
     return "teacher" if row["role"] == "teacher" else f"student {row['iteration']}"
 
 
+def pool_probabilities(workdir: str, iteration: int) -> np.ndarray:
+    """The probabilities model `iteration` gave the pool, float32 [N, C].
+
+    The loop writes iteration_I_pool_labels.npz (data_modes.write_pool_labels;
+    in via_records mode from the labeled shards the student's selection was
+    made from); runs made before it wrote iteration_I_pool_probabilities.npy.
+    """
+    path = data_modes.pool_labels_path(workdir, iteration)
+    if os.path.exists(path):
+        return data_modes.read_pool_labels(path)["probs"]
+    return np.load(os.path.join(workdir, f"iteration_{iteration}_pool_probabilities.npy"))
+
+
 def pool_manifest(workdir: str, iteration: int) -> dict:
     """The manifest `labeling.report.plot_filter_balance` reads, from what the loop kept.
 
-    The loop stores the pool's probabilities and the selection's per-class
+    The loop stores the pool's labels and the selection's per-class
     counts; the histogram and the per-class totals (all predictions, before
     the threshold) are computed from the probabilities.
     """
-    probs = np.load(os.path.join(workdir, f"iteration_{iteration}_pool_probabilities.npy"))
+    probs = pool_probabilities(workdir, iteration)
     with open(os.path.join(workdir, f"iteration_{iteration}_selection.json")) as f:
         selection = json.load(f)
     with open(os.path.join(workdir, "config.json")) as f:

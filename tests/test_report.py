@@ -53,7 +53,9 @@ def test_pool_manifest_counts_match_the_stored_probabilities(smoke_workdir):
     finally:
         sys.path.pop(0)
     manifest = report.pool_manifest(smoke_workdir, 0)
-    probs = np.load(os.path.join(smoke_workdir, "iteration_0_pool_probabilities.npy"))
+    from noisy_student_tf.loop import data_modes
+
+    probs = data_modes.read_pool_labels(data_modes.pool_labels_path(smoke_workdir, 0))["probs"]
     assert manifest["in"] == len(probs)
     assert sum(manifest["confidence_histogram"]["counts"]) == len(probs)
     assert sum(p["total"] for p in manifest["per_class"]) == len(probs)

@@ -110,7 +110,7 @@ def test_stream_specs_resolve_folders_globs_and_tfds_splits(tmp_path):
     folder = sources.record_source("labeled", str(tmp_path))
     glob_spec = sources.record_source("labeled", str(tmp_path / "train-*"))
     assert folder.files == glob_spec.files and len(folder.files) == 3
-    assert folder.num_records == 7 and not folder.is_tfds
+    assert folder.num_records == 7 and not folder.tfds_name
     # Streamed at the model's resolution, the labels intact, nothing gathered on the host.
     images, labels = zip(*pipeline.source_records(folder.files, 16).as_numpy_iterator())
     assert {x.shape for x in images} == {(16, 16, 3)} and sorted(labels) == [0, 0, 0, 0, 1, 1, 1]

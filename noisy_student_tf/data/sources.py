@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import math
 import os
 
 import numpy as np
@@ -262,9 +261,71 @@ class RecordSource:
     data_dir: str | None = None
     num_records: int = 0
 
-    @property
-    def is_tfds(self) -> bool:
-        return bool(self.tfds_name)
+    def training_stream(
+        self,
+        image_size: int,
+        seed: int,
+        small_image: bool | None,
+        cache: bool = False,
+        num_classes: int | None = None,
+    ) -> tf.data.Dataset:
+        """Unbatched (uint8 image, int64 label), eval view, one shuffled pass (a labeled set).
+
+        `cache`: keep the decoded shards in memory after the first pass (see
+        `cacheable`); a tfds split is read with its own shuffled file order.
+        `num_classes`: a record label outside [0, num_classes) stops the
+        stream naming its shard and record.
+        """
+        from noisy_student_tf.data import pipeline
+
+        if self.tfds_name:
+            return pipeline.tfds_records(
+                self.tfds_name,
+                self.tfds_split,
+                image_size,
+                self.data_dir,
+                small_image,
+                shuffle_files=True,
+                seed=seed,
+            )
+        return pipeline.source_records(
+            self.files,
+            image_size,
+            seed=seed,
+            small_image=small_image,
+            cache=cache,
+            num_classes=num_classes,
+        )
+
+    def eval_batches(
+        self,
+        image_size: int,
+        batch_size: int,
+        small_image: bool | None,
+        num_classes: int | None = None,
+    ) -> tf.data.Dataset:
+        """Batches of (uint8 images, int64 labels), eval view, in order (a test set)."""
+        from noisy_student_tf.data import pipeline
+
+        if self.tfds_name:
+            ds = pipeline.tfds_records(
+                self.tfds_name, self.tfds_split, image_size, self.data_dir, small_image
+            )
+            return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return pipeline.eval_records(self.files, image_size, batch_size, small_image, num_classes)
+
+    def source_items(self):
+        """The set's records as (encoded image, label, key) for `ingest.write_source_shards`,
+        or None when it already is shards (record files are labeled as they are)."""
+        if not self.tfds_name:
+            return None
+
+        def items():  # nothing is read until the first item is asked for
+            from noisy_student_tf.data import ingest
+
+            yield from ingest.tfds_items(self.tfds_name, self.tfds_split, self.data_dir)[1]
+
+        return items()
 
 
 def split_tfds_spec(spec: str, where: str) -> tuple[str, str]:
@@ -432,8 +493,3 @@ def load(data_config) -> SemiSupervisedData | StreamingData:
 def cacheable(source: RecordSource, image_size: int, limit_bytes: int) -> bool:
     """Whether a set's decoded images at `image_size` fit in `limit_bytes` of host memory."""
     return source.num_records * image_size * image_size * 3 <= limit_bytes
-
-
-def steps_per_epoch(num_labeled: int, batch_size: int) -> int:
-    """One pass over the labeled set, rounded up (at least one step)."""
-    return max(math.ceil(num_labeled / batch_size), 1)

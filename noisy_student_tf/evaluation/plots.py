@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+
+
+def _save(plt, fig, path: str) -> None:
+    """Writes the figure as PNG through tf.io.gfile (the folder may be a bucket) and closes it."""
+    import tensorflow as tf
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buffer.getvalue())
 
 
 def _pyplot():
@@ -28,8 +41,7 @@ def reliability_diagram(bins: list, ece: float, path: str, title: str) -> None:
     ax.set_title(f"{title}: ECE {100 * ece:.2f}%")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def confusion_plot(confusion: list, path: str, title: str, class_names=None) -> None:
@@ -47,8 +59,7 @@ def confusion_plot(confusion: list, path: str, title: str, class_names=None) -> 
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def comparison_plot(reports: list, path: str) -> None:
@@ -94,5 +105,4 @@ def comparison_plot(reports: list, path: str) -> None:
         if ax.has_data():
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)

@@ -15,6 +15,7 @@ import os
 import time
 
 import numpy as np
+import tensorflow as tf
 
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.evaluation import adversarial, corruptions, metrics, perturbations, plots
@@ -98,6 +99,66 @@ def evaluate_models(
     """
     start = time.time()
     images, labels = np.asarray(images), np.asarray(labels, np.int64)
+    corruption_names = corruptions.check_names(corruption_names)
+    perturbation_names = perturbations.check_names(perturbation_names)
+    eps = adversarial.check_eps(eps)
+    served, base = _served_models(models, baseline, images, eps)
+    everyone = served + ([base] if base is not None else [])
+    tf.io.gfile.makedirs(output_dir)  # the loop's workdir may be a bucket
+    reports, num_classes = _clean_reports(everyone, images, labels, batch_size)
+    _say(log, "clean: " + ", ".join(f"{r['name']} {100 * r['top1']:.2f}%" for r in reports))
+    sources = _corruptions(
+        everyone,
+        reports,
+        images,
+        labels,
+        corruption_names,
+        severities,
+        corrupted_source,
+        seed,
+        batch_size,
+        log,
+    )
+    _flip_rates(everyone, reports, images, perturbation_names, frames, batch_size, log)
+    base_report = reports[len(served)] if base is not None else None
+    _relative_to_baseline(reports[: len(served)], base_report)
+    if eps:
+        _attacks(
+            served, reports, images, labels, eps, pgd_steps, pgd_step_size, seed, batch_size, log
+        )
+    model_reports = reports[: len(served)]
+    _plot_reports(model_reports, output_dir, class_names)
+    result = {
+        **{k: v for k, v in model_reports[0].items()},
+        "models": model_reports,
+        "baseline": base_report,
+        "settings": _settings(
+            labels,
+            images,
+            num_classes,
+            class_names,
+            seed,
+            corruption_names,
+            severities,
+            sources,
+            perturbation_names,
+            frames,
+            eps,
+            pgd_steps,
+            pgd_step_size,
+            base,
+            start,
+        ),
+    }
+    result = _finite(result)
+    with tf.io.gfile.GFile(os.path.join(output_dir, "report.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    _say(log, format_table(model_reports))
+    return result
+
+
+def _served_models(models, baseline, images: np.ndarray, eps: list):
+    """(served models, served baseline or None), checked against the images and attacks."""
     served = [as_served_model(m) for m in models]
     if not served:
         raise ConfigError("no model to evaluate; give at least one --model")
@@ -109,9 +170,6 @@ def evaluate_models(
     everyone = served + ([base] if base is not None else [])
     for m in everyone:
         _check_size(m, images)
-    corruption_names = corruptions.check_names(corruption_names)
-    perturbation_names = perturbations.check_names(perturbation_names)
-    eps = adversarial.check_eps(eps)
     if eps:
         for m in served:
             if not m.differentiable:
@@ -120,12 +178,16 @@ def evaluate_models(
                     f"{m.why_not_differentiable}; pass --eps= to skip FGSM/PGD "
                     f"(docs/evaluation.md, 'Which signature')"
                 )
-    os.makedirs(output_dir, exist_ok=True)
+    return served, base
+
+
+def _clean_reports(everyone, images: np.ndarray, labels: np.ndarray, batch_size: int):
+    """(one report per model with its clean-image metrics, the number of classes)."""
     logits = [m.predict(images, batch_size) for m in everyone]
     num_classes = logits[0].shape[1]
     if labels.max(initial=0) >= num_classes:
         raise ConfigError(
-            f"the data has label {labels.max()} but model {served[0].name!r} has "
+            f"the data has label {labels.max()} but model {everyone[0].name!r} has "
             f"{num_classes} classes"
         )
     reports = [
@@ -137,12 +199,54 @@ def evaluate_models(
         }
         for m, z in zip(everyone, logits)
     ]
-    _say(log, "clean: " + ", ".join(f"{r['name']} {100 * r['top1']:.2f}%" for r in reports))
+    return reports, num_classes
 
+
+def _settings(
+    labels,
+    images,
+    num_classes,
+    class_names,
+    seed,
+    corruption_names,
+    severities,
+    sources,
+    perturbation_names,
+    frames,
+    eps,
+    pgd_steps,
+    pgd_step_size,
+    base,
+    start,
+) -> dict:
+    """The report's `settings` block: what was evaluated, and how."""
+    return {
+        "num_examples": int(len(labels)),
+        "image_size": int(images.shape[1]),
+        "num_classes": int(num_classes),
+        "class_names": list(class_names) if class_names else None,
+        "seed": seed,
+        "corruptions": corruption_names,
+        "severities": [int(s) for s in severities],
+        "corruption_source": sources,
+        "perturbations": perturbation_names,
+        "frames": frames,
+        "eps": eps,
+        "pgd_steps": pgd_steps,
+        "pgd_step_size": pgd_step_size,
+        "mce_baseline": base.source if base is not None else None,
+        "wall_s": round(time.time() - start, 1),
+    }
+
+
+def _corruptions(
+    everyone, reports, images, labels, names, severities, corrupted_source, seed, batch_size, log
+) -> dict:
+    """Top-1 per corruption and severity into each report; returns {name: "tfds" or "tf_ops"}."""
     sources = {}
     for report in reports:
         report["corruption"] = {}
-    for name in corruption_names:
+    for name in names:
         for severity in severities:
             data = corrupted_source(name, severity) if corrupted_source else None
             sources[name] = "tfds" if data is not None else "tf_ops"
@@ -169,7 +273,11 @@ def evaluate_models(
     for report in reports:
         values = [a for c in report["corruption"].values() for a in c.values()]
         report["corruption_mean"] = float(np.mean(values)) if values else None
+    return sources
 
+
+def _flip_rates(everyone, reports, images, perturbation_names, frames, batch_size, log) -> None:
+    """ImageNet-P style flip rate per perturbation into each report."""
     for m, report in zip(everyone, reports):
         report["flip_rate"] = {
             p: metrics.flip_rate(
@@ -182,8 +290,10 @@ def evaluate_models(
     if perturbation_names:
         _say(log, "flip rate: " + ", ".join(f"{r['name']} {r['flip_rate']}" for r in reports))
 
-    base_report = reports[len(served)] if base is not None else None
-    for report in reports[: len(served)]:
+
+def _relative_to_baseline(model_reports: list, base_report: dict | None) -> None:
+    """mCE and mFR of each model against the baseline (raw mean flip rate without one)."""
+    for report in model_reports:
         if base_report is not None and report["corruption"]:
             report["corruption_errors"] = metrics.corruption_errors(
                 report["corruption"], base_report["corruption"]
@@ -203,31 +313,37 @@ def evaluate_models(
             else:
                 report["mfr"] = float(100 * np.mean(list(rates.values())))
 
-    for m, report in zip(served, reports):
-        if eps:
-            report["fgsm"] = {
-                _key(e): a
-                for e, a in adversarial.attack_accuracy(
-                    m.logits, images, labels, eps, "fgsm", batch_size
-                ).items()
-            }
-            report["pgd"] = {
-                _key(e): a
-                for e, a in adversarial.attack_accuracy(
-                    m.logits,
-                    images,
-                    labels,
-                    eps,
-                    "pgd",
-                    batch_size,
-                    steps=pgd_steps,
-                    step_size=pgd_step_size,
-                    seed=seed,
-                ).items()
-            }
-            _say(log, f"adversarial {m.name}: fgsm {report['fgsm']}, pgd {report['pgd']}")
 
-    model_reports = reports[: len(served)]
+def _attacks(
+    served, reports, images, labels, eps, pgd_steps, pgd_step_size, seed, batch_size, log
+) -> None:
+    """FGSM and PGD accuracy per radius into each model's report."""
+    for m, report in zip(served, reports):
+        report["fgsm"] = {
+            _key(e): a
+            for e, a in adversarial.attack_accuracy(
+                m.logits, images, labels, eps, "fgsm", batch_size
+            ).items()
+        }
+        report["pgd"] = {
+            _key(e): a
+            for e, a in adversarial.attack_accuracy(
+                m.logits,
+                images,
+                labels,
+                eps,
+                "pgd",
+                batch_size,
+                steps=pgd_steps,
+                step_size=pgd_step_size,
+                seed=seed,
+            ).items()
+        }
+        _say(log, f"adversarial {m.name}: fgsm {report['fgsm']}, pgd {report['pgd']}")
+
+
+def _plot_reports(model_reports: list, output_dir: str, class_names) -> None:
+    """Reliability and confusion plots per model, and the comparison plot."""
     for i, report in enumerate(model_reports):
         stem = f"{i}_{_slug(report['name'])}" if len(model_reports) > 1 else "model"
         report["plots"] = {
@@ -247,34 +363,6 @@ def evaluate_models(
             class_names,
         )
     plots.comparison_plot(model_reports, os.path.join(output_dir, "robustness.png"))
-
-    result = {
-        **{k: v for k, v in model_reports[0].items()},
-        "models": model_reports,
-        "baseline": base_report,
-        "settings": {
-            "num_examples": int(len(labels)),
-            "image_size": int(images.shape[1]),
-            "num_classes": int(num_classes),
-            "class_names": list(class_names) if class_names else None,
-            "seed": seed,
-            "corruptions": corruption_names,
-            "severities": [int(s) for s in severities],
-            "corruption_source": sources,
-            "perturbations": perturbation_names,
-            "frames": frames,
-            "eps": eps,
-            "pgd_steps": pgd_steps,
-            "pgd_step_size": pgd_step_size,
-            "mce_baseline": base.source if base is not None else None,
-            "wall_s": round(time.time() - start, 1),
-        },
-    }
-    result = _finite(result)
-    with open(os.path.join(output_dir, "report.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    _say(log, format_table(model_reports))
-    return result
 
 
 def _slug(name: str) -> str:

@@ -3,14 +3,17 @@
 The paper (section 2) labels with the teacher *not* noised: inference mode
 (no dropout, no stochastic depth, batch-norm moving statistics) on the
 un-augmented image. Predictions are stored at temperature 1; a temperature
-is applied when they become training targets, as in the official main.py
-(`pow(probs, 1/T)` renormalised, which equals softmax(logits / T)).
+is applied when they become training targets (targets.py), as in the
+official main.py (`pow(probs, 1/T)` renormalised, which equals
+softmax(logits / T)).
 """
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+
+from noisy_student_tf.labeling.targets import pseudo_targets
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -36,18 +39,11 @@ def predict_probabilities(
 def training_targets(
     probs: np.ndarray, soft: bool = True, temperature: float = 1.0, label_smoothing: float = 0.1
 ) -> np.ndarray:
-    """Turns stored teacher probabilities into the student's targets [N, C].
+    """The in-memory student's targets [N, C] from stored temperature-1 probabilities.
 
-    Soft: probs ** (1/T), renormalised (T < 1 sharpens, T > 1 flattens).
-    Hard: one-hot argmax with the same label smoothing as real labels
-    (official main.py applies `label_smoothing` to hard pseudo labels too).
+    `targets.pseudo_targets` (soft: probs ** (1/T) renormalised; hard: the
+    smoothed one-hot argmax), computed in float64 and stored as float32.
     """
     probs = np.asarray(probs, np.float64)
-    num_classes = probs.shape[-1]
-    if soft:
-        if temperature <= 0:
-            raise ValueError(f"pseudo.temperature must be > 0, got {temperature}")
-        scaled = np.power(np.maximum(probs, 1e-30), 1.0 / temperature)
-        return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
-    one_hot = np.eye(num_classes)[probs.argmax(axis=-1)]
-    return (one_hot * (1 - label_smoothing) + label_smoothing / num_classes).astype(np.float32)
+    targets = pseudo_targets(probs, soft, temperature, label_smoothing, from_logits=False)
+    return targets.numpy().astype(np.float32)

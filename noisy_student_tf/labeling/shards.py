@@ -41,6 +41,7 @@ from absl import logging
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.predict import softmax
+from noisy_student_tf.labeling.targets import pseudo_targets
 from noisy_student_tf.models import official_checkpoint
 from noisy_student_tf.models.checkpoint import is_keras_applications_weights, load_checkpoint
 
@@ -192,15 +193,13 @@ def make_predict(teacher: Teacher, strategy: tf.distribute.Strategy):
 def teacher_outputs(logits: np.ndarray, soft: bool, temperature: float):
     """(stored distribution [B, C], temperature-1 confidence [B]) from logits.
 
-    Soft: softmax(logits / T). Hard: the one-hot argmax (label smoothing, if
-    any, is applied by the trainer, not stored).
+    The stored distribution is `targets.pseudo_targets` without smoothing
+    (soft: softmax(logits / T); hard: the one-hot argmax); the student's
+    stream smooths a stored one-hot label with the same rule.
     """
     logits = np.asarray(logits, np.float64)
     confidence = softmax(logits).max(axis=-1)
-    if soft:
-        stored = softmax(logits, temperature)
-    else:
-        stored = np.eye(logits.shape[-1])[logits.argmax(axis=-1)]
+    stored = pseudo_targets(logits, soft, temperature, 0.0, from_logits=True).numpy()
     return stored.astype(np.float32), confidence.astype(np.float32)
 
 

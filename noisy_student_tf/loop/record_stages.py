@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from noisy_student_tf import evaluation
 from noisy_student_tf.data import pipeline, records, schema
 from noisy_student_tf.data.sources import RecordSource
 from noisy_student_tf.errors import ConfigError
@@ -32,13 +32,14 @@ STAGE_FILE = "stage.json"  # beside the tools' own manifest.json in each output 
 
 
 def source_files(source: RecordSource, workdir: str) -> list[str]:
-    """The shards of a set; a tfds split is first written as shards into `workdir`.
+    """The shards of a set; a set given otherwise (a tfds split) is first written as shards.
 
-    label_shards reads record files, so an unlabeled set given as
-    `tfds:NAME:SPLIT` is ingested once (streamed, constant memory) into
-    WORKDIR/unlabeled_source; the copy is reused on rerun.
+    label_shards reads record files, so such a set is ingested once
+    (streamed, constant memory) into WORKDIR/unlabeled_source; the copy is
+    reused on rerun.
     """
-    if not source.is_tfds:
+    items = source.source_items()
+    if items is None:
         return list(source.files)
     from noisy_student_tf.data import ingest
 
@@ -47,7 +48,6 @@ def source_files(source: RecordSource, workdir: str) -> list[str]:
     settings = {"data.unlabeled": source.spec, "data_dir": source.data_dir}
     if not stage.complete(settings):
         stage.start(settings)
-        _, items = ingest.tfds_items(source.tfds_name, source.tfds_split, source.data_dir)
         num_shards = max(1, min(1024, source.num_records // 10_000))
         manifest = ingest.write_source_shards(items, out, num_shards, prefix="unlabeled")
         stage.finish({"written": manifest["written"]})
@@ -183,6 +183,13 @@ def balanced_stream(
     return stream, int(manifest["out_records"])
 
 
+def _labeled_batches(labeled_dir: str, features: dict):
+    """Parsed batches of `features` from the labeled shards of `labeled_dir`, in file order."""
+    files = records.list_files(os.path.join(labeled_dir, "labeled-*"))
+    ds = tf.data.TFRecordDataset(files).batch(4096)
+    return ds.map(lambda s: tf.io.parse_example(s, features), num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def pseudo_label_accuracy(labeled_dir: str) -> float:
     """Agreement of `teacher/label` with the records' true labels, where known (else NaN).
 
@@ -192,41 +199,26 @@ def pseudo_label_accuracy(labeled_dir: str) -> float:
         schema.LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=schema.UNLABELED),
         schema.TEACHER_LABEL: tf.io.FixedLenFeature([], tf.int64),
     }
+    batches = _labeled_batches(labeled_dir, features)
+    return evaluation.agreement_over_batches(
+        (b[schema.TEACHER_LABEL].numpy(), b[schema.LABEL].numpy()) for b in batches
+    )
+
+
+def read_labeled(labeled_dir: str, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keys [N], true labels [N], stored teacher probabilities [N, C]) in key order.
+
+    For a pool that fits in memory (via_records): what the selection was made
+    from, kept for reports. The probabilities are the stored pseudo labels
+    (temperature-scaled if soft, one-hot if hard, top-k densified).
+    """
     files = records.list_files(os.path.join(labeled_dir, "labeled-*"))
-    ds = tf.data.TFRecordDataset(files).batch(4096)
-    ds = ds.map(lambda s: tf.io.parse_example(s, features), num_parallel_calls=tf.data.AUTOTUNE)
-    known = correct = 0
-    for batch in ds:
-        truth, label = batch[schema.LABEL].numpy(), batch[schema.TEACHER_LABEL].numpy()
-        mask = truth >= 0
-        known += int(mask.sum())
-        correct += int((truth[mask] == label[mask]).sum())
-    return correct / known if known else float("nan")
-
-
-def eval_batches(
-    source: RecordSource,
-    image_size: int,
-    batch_size: int,
-    small_image: bool,
-    num_classes: int | None = None,
-) -> tf.data.Dataset:
-    """The test set as batches of (images, labels), eval view, in order."""
-    if source.is_tfds:
-        ds = pipeline.tfds_records(
-            source.tfds_name, source.tfds_split, image_size, source.data_dir, small_image
-        )
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return pipeline.eval_records(source.files, image_size, batch_size, small_image, num_classes)
-
-
-def streamed_top1(model: keras.Model, batches: tf.data.Dataset) -> float:
-    """Top-1 accuracy over a stream of (images, labels) batches, inference mode."""
-    correct = total = 0
-    for images, labels in batches:
-        logits = model.predict_on_batch(images)
-        correct += int(np.sum(np.argmax(logits, -1) == labels.numpy()))
-        total += int(labels.shape[0])
-    if not total:
-        raise ConfigError("the test set is empty")
-    return correct / total
+    ds = tf.data.TFRecordDataset(files).map(lambda s: schema.parse_pseudo(s, num_classes))
+    keys, labels, probs = [], [], []
+    for batch in ds.batch(4096):
+        keys.extend(batch[schema.KEY].numpy())
+        labels.append(batch[schema.LABEL].numpy())
+        probs.append(batch[schema.TEACHER_PROBS].numpy())
+    order = np.argsort(np.asarray(keys, object).astype(bytes), kind="stable")
+    keys = np.asarray(keys, object).astype(bytes)[order]
+    return keys, np.concatenate(labels)[order], np.concatenate(probs)[order]

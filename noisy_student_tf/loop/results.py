@@ -8,8 +8,13 @@ not label an unlabeled set), wall_s.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+
+import tensorflow as tf
+
+from noisy_student_tf.loop import stages
 
 
 def _percent(value, width: int) -> str:
@@ -67,8 +72,10 @@ def plot(rows: list, path: str) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    stages.write_file(path, buffer.getvalue())  # the workdir may be a bucket
 
 
 def robustness(config, sets, data, trained: list, workdir: str) -> dict:
@@ -124,6 +131,6 @@ def _load(path: str):
     """A SavedModel folder as it is; a `.keras` checkpoint through the one loader."""
     from noisy_student_tf.models import load_checkpoint
 
-    if os.path.isdir(path):
+    if tf.io.gfile.isdir(path):
         return path
     return load_checkpoint(path)

@@ -18,7 +18,10 @@ kill leaves either the old manifest or the new one.
 
 from __future__ import annotations
 
+import math
 import os
+import time
+import uuid
 
 import tensorflow as tf
 
@@ -39,6 +42,19 @@ EXECUTION_KEYS = (
     "train.eval_batch_size",
     "train.save_every_steps",
 )
+
+
+def write_file(path: str, content: str | bytes) -> None:
+    """Writes a workdir file atomically through tf.io.gfile (temp name, then rename).
+
+    A kill leaves the old file or the new one, and an existing file is
+    replaced whole (TF's `ram://` filesystem, for one, does not truncate a
+    file reopened for writing).
+    """
+    tmp = f"{path}{records.TMP_MARK}{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(tmp, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def flat_settings(config, exclude_blocks: tuple = ()) -> dict:
@@ -127,3 +143,158 @@ class Stage:
         """Marks the stage complete with its results; the last write of the stage."""
         self.manifest = {**self.manifest, **results, "complete": True}
         records.write_json(self.path, self.manifest)
+
+
+# The stages that make a model. Each reads its inputs from and writes its
+# outputs to --workdir with a manifest beside them (`Stage`), so a rerun
+# reuses a finished model and resumes an interrupted fit.
+
+
+def model_settings(config, iteration: int, learned_from: str) -> dict:
+    """What a model stage depends on: the config (a teacher: not the student or
+    pseudo blocks) and the content of what it learned from."""
+    exclude = ("student", "pseudo", "teacher_checkpoint") if iteration == 0 else ()
+    return {**flat_settings(config, exclude), "iteration": iteration, "learned_from": learned_from}
+
+
+def model_stem(workdir: str, iteration: int) -> str:
+    role = "teacher" if iteration == 0 else "student"
+    return os.path.join(workdir, f"iteration_{iteration}_{role}")
+
+
+def train_model(config, strategy, sets, workdir, iteration, learned_from, unlabeled, teacher):
+    """Model `iteration` trained noised (or reused): (model, checkpoint path, wall seconds).
+
+    Args:
+      sets: the run's labeled and test sets (data_modes.ArraySets / StreamSets).
+      learned_from: the fingerprint of what it learns from (its teacher), so
+        a student of another teacher is never reused.
+      unlabeled: None for the teacher; for a student, () -> (its unbatched
+        pseudo-labeled source, size), called only if it trains.
+      teacher: the previous model (the online teacher with `pseudo.online`).
+    """
+    from noisy_student_tf.loop.config_checks import iteration_config
+    from noisy_student_tf.models import load_checkpoint
+    from noisy_student_tf.training.trainer import describe, train_one
+
+    model_config = config.teacher if iteration == 0 else config.student
+    name = "teacher" if iteration == 0 else f"student {iteration}"
+    stem = model_stem(workdir, iteration)
+    stage = Stage(stem + ".json", name)
+    settings = model_settings(config, iteration, learned_from)
+    if stage.complete(settings) and tf.io.gfile.exists(stem + ".keras"):
+        print(f"== iteration {iteration}: {name} reused from {stem}.keras", flush=True)
+        return load_checkpoint(stem + ".keras"), stem + ".keras", stage.manifest["wall_s"]
+    stage.start(settings)
+    start = time.time()
+    source, count = unlabeled() if unlabeled else (None, 0)
+    epochs = config.train.student_epochs if unlabeled else config.train.teacher_epochs
+    role = name.split()[0]
+    on = f" + {count} pseudo-labeled" if unlabeled else ""
+    print(
+        f"== iteration {iteration}: {role} {describe(model_config)} on "
+        f"{sets.num_labeled} labeled{on} images",
+        flush=True,
+    )
+    seed = config.seed + iteration
+    model, info = train_one(
+        iteration_config(config, iteration),
+        strategy,
+        sets.labeled(model_config, seed),
+        sets.num_labeled,
+        sets.num_classes,
+        sets.image_size,
+        model_config,
+        epochs,
+        seed=seed,
+        unlabeled=source,
+        teacher=teacher,
+        name=name,
+        log_dir=os.path.join(workdir, "tensorboard", os.path.basename(stem)),
+        checkpoint_dir=stem + ".ckpt",
+    )
+    return model, stem + ".keras", _finish_model(stage, model, stem, start, info)
+
+
+def _finish_model(stage: Stage, model, stem: str, start: float, info: dict) -> float:
+    """Saves the model, completes its manifest, drops its mid-fit checkpoints; the wall time."""
+    wall = time.time() - start
+    model.save(stem + ".keras")
+    stage.finish({"wall_s": round(wall, 1), **info})
+    if tf.io.gfile.exists(stem + ".ckpt"):
+        tf.io.gfile.rmtree(stem + ".ckpt")
+    return wall
+
+
+def keep_loaded_teacher(model, loaded_from: str, workdir: str) -> tuple[str, str]:
+    """(checkpoint the labeling reads, its fingerprint) for a `teacher_checkpoint`.
+
+    A SavedModel labels as it is; anything else is saved once as
+    iteration_0_teacher.keras (a rerun keeps that file, so its fingerprint,
+    which the later stages were made with, stays the same).
+    """
+    from noisy_student_tf.labeling.shards import teacher_fingerprint
+    from noisy_student_tf.training.trainer import is_saved_model
+
+    source = teacher_fingerprint(loaded_from)
+    if is_saved_model(loaded_from):
+        return loaded_from, source
+    stem = model_stem(workdir, 0)
+    stage = Stage(stem + ".json", "teacher")
+    settings = {"teacher_checkpoint": loaded_from, "teacher_checkpoint_fingerprint": source}
+    if not (stage.complete(settings) and tf.io.gfile.exists(stem + ".keras")):
+        stage.start(settings)
+        model.save(stem + ".keras")
+        stage.finish({"wall_s": 0.0})
+    return stem + ".keras", teacher_fingerprint(stem + ".keras")
+
+
+def fine_tune_model(config, strategy, sets, student, learned_from: str, workdir: str):
+    """The final student fine-tuned at test resolution (training/fine_tune.py), or reused.
+
+    Returns (model, checkpoint path, wall seconds).
+    """
+    from noisy_student_tf.models import load_checkpoint
+    from noisy_student_tf.training import fine_tune
+    from noisy_student_tf.training.trainer import describe, train_one
+
+    block, train = config.fine_tune, config.train
+    stem = os.path.join(workdir, "fine_tune_student")
+    stage = Stage(stem + ".json", "fine-tuning")
+    settings = model_settings(config, config.num_iterations + 1, learned_from)
+    if stage.complete(settings) and tf.io.gfile.exists(stem + ".keras"):
+        print(f"== fine-tuning reused from {stem}.keras", flush=True)
+        return load_checkpoint(stem + ".keras"), stem + ".keras", stage.manifest["wall_s"]
+    stage.start(settings)
+    start = time.time()
+    steps = train.steps_per_epoch or math.ceil(sets.num_labeled / train.batch_size)
+    student_total = steps * train.student_epochs
+    ft_total = int(round(steps * block.epochs))
+    schedule = (train.student_epochs, student_total, max(student_total - ft_total, 0))
+    if not block.get("continue_schedule", True):
+        schedule = None
+    model_config = fine_tune.model_config(config)
+    print(
+        f"== fine-tuning: {describe(model_config)} at {block.image_size} px, "
+        f"{block.epochs} epochs on {sets.num_labeled} labeled images, stem + "
+        f"{block.frozen_blocks} blocks frozen",
+        flush=True,
+    )
+    model, info = train_one(
+        config,
+        strategy,
+        sets.labeled(model_config, config.seed + 1000, block.image_size),
+        sets.num_labeled,
+        sets.num_classes,
+        block.image_size,
+        model_config,
+        block.epochs,
+        seed=config.seed + 1000,
+        name="fine-tuning",
+        log_dir=os.path.join(workdir, "tensorboard", "fine_tune"),
+        checkpoint_dir=stem + ".ckpt",
+        init_from=student,
+        frozen_blocks=block.frozen_blocks,
+        schedule=schedule,
+    )
+    return model, stem + ".keras", _finish_model(stage, model, stem, start, info)

@@ -39,6 +39,7 @@ import inspect
 import keras
 import tensorflow as tf
 
+from noisy_student_tf.labeling.targets import pseudo_targets, smooth
 from noisy_student_tf.training import ema, nonfinite
 
 
@@ -47,21 +48,12 @@ def _cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.reduce_sum(-targets * tf.nn.log_softmax(logits), axis=-1))
 
 
-def smooth(one_hot: tf.Tensor, label_smoothing: float) -> tf.Tensor:
-    """Label smoothing as in tf.losses.softmax_cross_entropy."""
-    num_classes = tf.cast(tf.shape(one_hot)[-1], one_hot.dtype)
-    return one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
-
-
 def teacher_targets(
     teacher_logits: tf.Tensor, temperature: float | None, label_smoothing: float
 ) -> tf.Tensor:
     """Pseudo labels from teacher logits: soft at `temperature`, or hard if None."""
-    if temperature is None:
-        num_classes = tf.shape(teacher_logits)[-1]
-        hard = tf.one_hot(tf.argmax(teacher_logits, axis=-1), num_classes)
-        return smooth(hard, label_smoothing)
-    return tf.nn.softmax(teacher_logits / temperature)
+    soft = temperature is not None
+    return pseudo_targets(teacher_logits, soft, temperature or 1.0, label_smoothing)
 
 
 def _as_batch(data) -> dict:

@@ -64,11 +64,6 @@ class FitCheckpoint:
     def save(self) -> str:
         return self.manager.save(checkpoint_number=self.step)
 
-    def delete(self) -> None:
-        """Removes the folder once the finished model is saved elsewhere."""
-        if tf.io.gfile.exists(self.directory):
-            tf.io.gfile.rmtree(self.directory)
-
 
 class SaveEverySteps(keras.callbacks.Callback):
     """Saves `checkpoint` whenever the optimizer step reaches a multiple of `every`."""
