@@ -7,15 +7,12 @@ whole-model `.h5`, and the legacy weights-only `.h5` that
 `EfficientNetB0(weights="imagenet")` downloads.
 """
 
-import os
-import subprocess
-import sys
-
 import h5py
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_script
 from keras.src.legacy.saving import legacy_h5_format
 
 from noisy_student_tf.cli import ConfigError
@@ -24,7 +21,6 @@ from noisy_student_tf.models import efficientnet as en
 from noisy_student_tf.models import load_checkpoint
 from noisy_student_tf.models import weights as weights_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, CLASSES = 32, 5
 
 
@@ -120,19 +116,12 @@ def test_label_tool_takes_the_weights_file_in_a_fresh_process(tmp_path):
             example = schema.source_example(schema.encode_png(image), key=b"%d" % i)
             w.write(example.SerializeToString())
     out = tmp_path / "labeled"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "label.py"),
-            f"--input={src}",
-            f"--output_dir={out}",
-            f"--teacher={teacher}",
-            f"--image_size={SIZE}",
-        ],
-        cwd=REPO,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
+    proc = run_script(
+        "tools/label.py",
+        f"--input={src}",
+        f"--output_dir={out}",
+        f"--teacher={teacher}",
+        f"--image_size={SIZE}",
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,19 +1,16 @@
 """Labeling as a Beam pipeline (labeling/beam_label.py): the job array's output, file for file."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_cnn
+from conftest import run_script, tiny_cnn
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.labeling import beam_label, shards
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, C = 8, 4
 # Fields of a shard manifest that describe the run rather than the result.
 RUN_FIELDS = ("elapsed_s", "engine", "output")
@@ -134,7 +131,5 @@ def test_handler_is_our_model_handler_without_tensorflow_hub():
         "assert issubclass(beam_label.TeacherModelHandler, ModelHandler)\n"
         "assert 'tensorflow_hub' not in sys.modules, 'tensorflow_hub imported'\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    proc = run_script("-c", code, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,14 +7,11 @@ Skipped where the shared CIFAR-10 records are absent.
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_script
 
 DATA = os.path.join(REPO, "..", "shared", "data", "cifar10")
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(DATA), reason="../shared/data/cifar10 (the shared records) is absent"
@@ -23,14 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 def _experiment(script: str, *args: str, timeout: int):
     """Runs experiments/SCRIPT with ARGS in a fresh process from the repository root."""
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "experiments", script), *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_script(f"experiments/{script}", *args, timeout=timeout)
 
 
 def test_cifar10_cpu_recipe_and_its_report(tmp_path):

@@ -6,23 +6,20 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from conftest import REPO, run_script, script_env, source_examples, write_records
 
 from noisy_student_tf import configs
 from noisy_student_tf.cli import ConfigError
-from noisy_student_tf.data import records, schema
+from noisy_student_tf.data import schema
 from noisy_student_tf.loop import config_checks
 from noisy_student_tf.models import VARIANTS, load_checkpoint
 from noisy_student_tf.training import trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
+CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
 
 # Every config file and the variants its docstring documents (None: no arg).
 CONFIG_VARIANTS = {
@@ -223,17 +220,10 @@ def test_paper_config_without_unlabeled_folder_names_the_key():
 
 
 def test_unknown_variant_on_the_command_line_is_one_error_line():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "experiments", "noisy_student.py"),
-            "--config=experiments/configs/imagenet.py:b9",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_script(
+        "experiments/noisy_student.py",
+        "--config=experiments/configs/imagenet.py:b9",
+        env=script_env(TF_CPP_MIN_LOG_LEVEL="3"),
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "b9" in proc.stderr and "Traceback" not in proc.stderr
@@ -244,18 +234,8 @@ def test_unknown_variant_on_the_command_line_is_one_error_line():
 
 def write_shards(folder, labels, size, seed, num_shards=2):
     """Source shards (schema.source_example) of random PNGs with these labels."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder)
-    writers = [
-        tf.io.TFRecordWriter(os.path.join(folder, records.shard_name("data", i, num_shards)))
-        for i in range(num_shards)
-    ]
-    for i, label in enumerate(labels):
-        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        example = schema.source_example(schema.encode_png(image), int(label), f"{i:05d}".encode())
-        writers[i % num_shards].write(example.SerializeToString())
-    for writer in writers:
-        writer.close()
+    images = np.random.default_rng(seed).integers(0, 256, (len(labels), size, size, 3), np.uint8)
+    write_records(folder, source_examples(images, labels), num_shards)
     return folder
 
 
@@ -279,22 +259,14 @@ def test_smoke_variant_runs_through_the_loop(tmp_path, spec, overrides):
     unlabeled = write_shards(tmp_path / "unlabeled", [schema.UNLABELED] * 24, size, 1)
     test = write_shards(tmp_path / "test", np.arange(2 * classes) % classes, size, 2)
     workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "experiments", "noisy_student.py"),
-            f"--config=experiments/configs/{spec}",
-            f"--config.data.labeled={labeled}",
-            f"--config.data.unlabeled={unlabeled}",
-            f"--config.data.test={test}",
-            f"--workdir={workdir}",
-            *overrides,
-        ],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_script(
+        "experiments/noisy_student.py",
+        f"--config=experiments/configs/{spec}",
+        f"--config.data.labeled={labeled}",
+        f"--config.data.unlabeled={unlabeled}",
+        f"--config.data.test={test}",
+        f"--workdir={workdir}",
+        *overrides,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(workdir / "results.json") as f:

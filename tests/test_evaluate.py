@@ -1,14 +1,12 @@
 """The evaluation library: corruptions, metrics, attacks, flip rates and the report."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_script
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data.sources import load_digits
@@ -173,8 +171,8 @@ def trained_saved_model(tmp_path_factory):
     exporter's functions (see evaluation/served.py).
     """
     path = str(tmp_path_factory.mktemp("tiny") / "saved_model")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run([sys.executable, "-c", TRAIN_TINY, path], check=True, env=env, timeout=300)
+    proc = run_script("-c", TRAIN_TINY, path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return path
 
 

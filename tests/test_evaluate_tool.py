@@ -2,15 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from conftest import run_script
 
 from noisy_student_tf.data import ingest, schema
 from noisy_student_tf.data.sources import load_digits
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +24,7 @@ def digits_records(tmp_path_factory):
 
 
 def _evaluate(*args):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "evaluate.py"), *args],
-        cwd=REPO,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_script("tools/evaluate.py", *args)
 
 
 def test_tool_reports_a_loop_saved_model_against_itself(smoke_workdir, digits_records, tmp_path):

@@ -4,20 +4,18 @@ import collections
 import glob
 import hashlib
 import os
-import subprocess
-import sys
 import tracemalloc
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_script
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import pipeline, records, schema
 from noisy_student_tf.labeling import filter_and_balance, record_refs
 from noisy_student_tf.labeling.beam_filter import infer_num_classes, run_filter_balance
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = schema.encode_png(np.full((4, 4, 3), 7, np.uint8))
 
 
@@ -294,19 +292,14 @@ def test_cli_output_feeds_the_training_pipeline(tmp_path):
     _write(str(tmp_path / "in"), probs, topk=2)
     records.write_json(str(tmp_path / "in" / "manifest.json"), {"num_classes": 4})
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "filter_balance.py"),
-            f"--input={tmp_path / 'in'}",
-            f"--output_dir={out}",
-            "--threshold=0.3",
-            "--images_per_class=12",
-            "--num_output_shards=2",
-            "--seed=0",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_script(
+        "tools/filter_balance.py",
+        f"--input={tmp_path / 'in'}",
+        f"--output_dir={out}",
+        "--threshold=0.3",
+        "--images_per_class=12",
+        "--num_output_shards=2",
+        "--seed=0",
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

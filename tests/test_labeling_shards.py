@@ -4,13 +4,12 @@ import glob
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_cnn
+from conftest import run_script, start_script, tiny_cnn
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import ingest, pipeline, records, schema
@@ -18,7 +17,6 @@ from noisy_student_tf.evaluation.export import export_saved_model
 from noisy_student_tf.labeling import predict_probabilities, shards
 from noisy_student_tf.labeling.shards import MANIFEST_SUFFIX, label_shards, teacher_outputs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, C = 8, 4
 
 
@@ -265,17 +263,12 @@ assert teacher.image_size == 16, teacher
 keras.models.load_model({path!r}, compile=False)  # the package import registered it
 print("OK")
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run_script("-c", code, timeout=120)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
 
 def _tool(name, *args, **kwargs):
-    return subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "tools", name), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        **kwargs,
-    )
+    return start_script(f"tools/{name}", *args, stderr=subprocess.STDOUT, **kwargs)
 
 
 def test_cli_make_records_then_kill_and_rerun_label(tmp_path, rng):
@@ -289,7 +282,7 @@ def test_cli_make_records_then_kill_and_rerun_label(tmp_path, rng):
     (tree / "class1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     src = tmp_path / "src"
     proc = _tool("make_records.py", f"--input={tree}", f"--output_dir={src}", "--num_shards=30")
-    assert proc.wait(120) == 0, proc.stdout.read().decode()
+    assert proc.wait(120) == 0, proc.stdout.read()
     made = records.read_json(str(src / "manifest.json"))
     assert made["written"] == 240 and made["skipped"] == {"undecodable_image": 1}
     assert made["classes"] == ["class0", "class1"] and made["per_label"] == {"0": 120, "1": 120}
@@ -300,14 +293,14 @@ def test_cli_make_records_then_kill_and_rerun_label(tmp_path, rng):
     proc = _tool("label.py", *args)
     deadline = time.time() + 120
     while not glob.glob(str(out / f"*{MANIFEST_SUFFIX}")) and time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode()
+        assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = len(glob.glob(str(out / f"*{MANIFEST_SUFFIX}")))
     assert 1 <= partial < 30  # the kill landed mid-run
     proc = _tool("label.py", *args)
-    assert proc.wait(120) == 0, proc.stdout.read().decode()
+    assert proc.wait(120) == 0, proc.stdout.read()
     summary = records.read_json(str(out / "manifest.json"))
     assert summary["complete"] and summary["labeled"] == summary["records_in"] == 240
     keys = [
@@ -361,5 +354,5 @@ np.testing.assert_allclose(multi(x), single(x), atol=1e-5)
 assert multi(x[:1]).shape == (1, {C})
 print("OK")
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run_script("-c", code, timeout=120)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

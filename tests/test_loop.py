@@ -3,45 +3,17 @@ and a smoke run writes every promised output."""
 
 import json
 import os
-import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DIGITS_SMOKE, copy_workdir, one_error_line, run_script
+from conftest import tiny_loop_config as _tiny_config
+from conftest import tiny_loop_data as _tiny_data
 
 from noisy_student_tf import loop
-from noisy_student_tf.data.sources import SemiSupervisedData
 from noisy_student_tf.loop import config_checks
 from noisy_student_tf.training import trainer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments", "configs"))
-import digits  # noqa: E402
-
-
-def _tiny_config():
-    config = digits.get_config("smoke")
-    for block in (config.teacher, config.student):
-        block.width_coefficient, block.depth_coefficient = 0.1, 0.1
-    config.train.batch_size = 4
-    config.pseudo.unlabeled_ratio = 2
-    config.pseudo.images_per_class = 3
-    return config
-
-
-def _tiny_data(rng, size=16, classes=3):
-    def images(n):
-        return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-    return SemiSupervisedData(
-        images(12),
-        np.arange(12) % classes,
-        images(30),
-        np.arange(30) % classes,
-        images(9),
-        np.arange(9) % classes,
-        num_classes=classes,
-    )
 
 
 @pytest.mark.parametrize(
@@ -69,15 +41,17 @@ def test_online_and_via_records_are_exclusive(tmp_path, rng):
         loop.run(config, str(tmp_path), _tiny_data(rng))
 
 
-def test_smaller_student_is_an_error_unless_allowed(tmp_path, rng):
+def test_smaller_student_is_an_error_unless_allowed(tmp_path, rng, tiny_teacher_workdir):
     config = _tiny_config()
     config.student.width_coefficient = 0.05
     with pytest.raises(ValueError, match="smaller than its teacher"):
         loop.run(config, str(tmp_path), _tiny_data(rng))
     assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
+    # Allowed, the run goes through (its teacher, trained once, is reused).
     config.allow_smaller_student = True
     config.num_iterations = 0
-    results = loop.run(config, str(tmp_path), _tiny_data(rng))
+    workdir = copy_workdir(tiny_teacher_workdir, tmp_path / "allowed")
+    results = loop.run(config, workdir, _tiny_data(np.random.default_rng(0)))
     assert [r["role"] for r in results["models"]] == ["teacher"]
 
 
@@ -135,13 +109,7 @@ def test_loop_runs_teacher_and_students_and_writes_outputs(tmp_path, rng):
 
 
 def _main(*args):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "noisy_student.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
+    return run_script("experiments/noisy_student.py", *args)
 
 
 def _event_tags(folder):
@@ -156,35 +124,31 @@ def _event_tags(folder):
     return tags
 
 
-def test_main_job_smoke_prints_table_progress_and_writes_results(tmp_path):
-    proc = _main(
-        "--config=experiments/configs/digits.py:smoke",
-        "--config.verbose=1",
-        "--config.train.teacher_epochs=5",
-        f"--workdir={tmp_path}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "test top-1" in proc.stdout and "student 1" in proc.stdout
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_main_job_smoke_prints_table_progress_and_writes_results(smoke_run, tmp_path):
+    # The session's smoke run of the main job (conftest: verbose, 10 teacher steps).
+    workdir, stdout = smoke_run
+    workdir = Path(workdir)
+    assert "test top-1" in stdout and "student 1" in stdout
+    results = json.loads((workdir / "results.json").read_text())
     assert [r["role"] for r in results["models"]] == ["teacher", "student"]
     # A few progress lines per model over its whole schedule, ending at 100%.
-    teacher_lines = [line for line in proc.stdout.splitlines() if "teacher step" in line]
+    teacher_lines = [line for line in stdout.splitlines() if "teacher step" in line]
     assert 2 <= len(teacher_lines) <= 20
     assert "teacher step 10/10 (100%)" in teacher_lines[-1]
     assert "labeled_loss" in teacher_lines[-1] and " lr " in teacher_lines[-1]
-    assert any("student 1 step 4/4 (100%)" in line for line in proc.stdout.splitlines())
+    assert any("student 1 step 4/4 (100%)" in line for line in stdout.splitlines())
     # TensorBoard: one run per model, with the loss terms, accuracy and LR.
     for run in ("iteration_0_teacher", "iteration_1_student"):
-        tags = _event_tags(str(tmp_path / "tensorboard" / run))
+        tags = _event_tags(str(workdir / "tensorboard" / run))
         assert {"epoch_loss", "epoch_labeled_loss", "epoch_accuracy"} <= tags, tags
         assert "epoch_learning_rate" in tags, tags
     assert "epoch_unlabeled_loss" in _event_tags(
-        str(tmp_path / "tensorboard" / "iteration_1_student")
+        str(workdir / "tensorboard" / "iteration_1_student")
     )
     # The README's --config.teacher_checkpoint, on the teacher this run wrote.
     proc = _main(
-        "--config=experiments/configs/digits.py:smoke",
-        f"--config.teacher_checkpoint={tmp_path / 'iteration_0_teacher.keras'}",
+        DIGITS_SMOKE,
+        f"--config.teacher_checkpoint={workdir / 'iteration_0_teacher.keras'}",
         f"--workdir={tmp_path / 'from_teacher'}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -193,12 +157,7 @@ def test_main_job_smoke_prints_table_progress_and_writes_results(tmp_path):
     assert reused["test_top1"] == results["models"][0]["test_top1"]
 
 
-def _one_error_line(proc):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    return errors[0]
+_one_error_line = one_error_line
 
 
 def test_main_job_reports_bad_input_in_one_line_with_status_2(tmp_path):
@@ -255,9 +214,7 @@ except ValueError as e:
 
 def _python(script, *args):
     """Runs `script` in a fresh interpreter from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT, timeout=600
-    )
+    return run_script("-c", script, *args)
 
 
 def test_loop_under_two_replicas_rejects_an_odd_batch_before_training(tmp_path):
@@ -266,24 +223,6 @@ def test_loop_under_two_replicas_rejects_an_odd_batch_before_training(tmp_path):
         -2000:
     ]
     assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
-
-
-@pytest.mark.parametrize("mode", ["online", "via_records"])
-def test_student_modes_train_from_the_same_selection(tmp_path, rng, mode):
-    config = _tiny_config()
-    config.pseudo[mode] = True
-    results = loop.run(config, str(tmp_path), _tiny_data(rng))
-    assert [r["role"] for r in results["models"]] == ["teacher", "student"]
-    if mode == "via_records":
-        # The tools' library code wrote each stage with its manifest, and the
-        # Beam output holds exactly what the in-memory rule selects.
-        import json as _json
-
-        manifest = _json.loads((tmp_path / "iteration_0_pseudo" / "manifest.json").read_text())
-        selection = _json.loads((tmp_path / "iteration_0_selection.json").read_text())
-        assert manifest["out_records"] == selection["out_records"]
-        assert (tmp_path / "pool" / "manifest.json").exists()
-        assert (tmp_path / "iteration_0_labeled" / "manifest.json").exists()
 
 
 def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
@@ -306,7 +245,9 @@ def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
     config = _tiny_config()
     config.pseudo.online = True
     config.pseudo.temperature = 2.0
-    loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
+    results = loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
+    # The online mode trains a student from the teacher's selection.
+    assert [r["role"] for r in results["models"]] == ["teacher", "student"]
     teacher_run, student_run = built
     assert teacher_run.teacher is None
     assert student_run.teacher is not None and student_run.temperature == 2.0
@@ -325,6 +266,8 @@ def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("via_records", [False, True])
 def test_hard_pseudo_labels_are_the_teachers_argmax_smoothed(tmp_path, monkeypatch, via_records):
+    """Also the via_records mode's stages (the online mode's are checked with
+    the online student): one loop per mode."""
     unlabeled_streams = []
     real_dataset = trainer.pipeline.training_dataset
 
@@ -338,7 +281,16 @@ def test_hard_pseudo_labels_are_the_teachers_argmax_smoothed(tmp_path, monkeypat
     config.pseudo.soft = False
     config.pseudo.via_records = via_records
     config.train.label_smoothing = 0.1
-    loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
+    results = loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
+    assert [r["role"] for r in results["models"]] == ["teacher", "student"]
+    if via_records:
+        # The tools' library code wrote each stage with its manifest, and the
+        # Beam output holds exactly what the in-memory rule selects.
+        manifest = json.loads((tmp_path / "iteration_0_pseudo" / "manifest.json").read_text())
+        selection = json.loads((tmp_path / "iteration_0_selection.json").read_text())
+        assert manifest["out_records"] == selection["out_records"]
+        assert (tmp_path / "pool" / "manifest.json").exists()
+        assert (tmp_path / "iteration_0_labeled" / "manifest.json").exists()
     (stream,) = unlabeled_streams
     if via_records:
         images, targets = (np.stack(part) for part in zip(*stream.as_numpy_iterator()))
@@ -358,18 +310,17 @@ def test_hard_pseudo_labels_are_the_teachers_argmax_smoothed(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("kind", ["keras", "saved_model"])
-def test_loop_starts_from_a_teacher_checkpoint(tmp_path, kind):
+def test_loop_starts_from_a_teacher_checkpoint(tmp_path, kind, tiny_teacher_workdir):
     data = _tiny_data(np.random.default_rng(0))
-    first = _tiny_config()
-    first.num_iterations = 0
-    loop.run(first, str(tmp_path / "first"), data)
-    path = tmp_path / "first" / ("iteration_0_teacher.keras" if kind == "keras" else "saved_model")
+    # The first run: the session's teacher-only run (conftest), same config and data.
+    first = Path(tiny_teacher_workdir)
+    path = first / ("iteration_0_teacher.keras" if kind == "keras" else "saved_model")
     config = _tiny_config()
     config.teacher_checkpoint = str(path)
     config.train.teacher_epochs = 10_000  # would take minutes if the teacher were trained
     results = loop.run(config, str(tmp_path / "second"), data)
     teacher, student = results["models"]
-    before = json.loads((tmp_path / "first" / "results.json").read_text())["models"][0]
+    before = json.loads((first / "results.json").read_text())["models"][0]
     # The loaded teacher is the first run's, untouched: same accuracy, same labels.
     assert teacher["architecture"].startswith("loaded ")
     assert teacher["test_top1"] == before["test_top1"]
@@ -389,7 +340,7 @@ _TWO_SEEDED_RUNS = """
 import json, sys
 import numpy as np
 sys.path.insert(0, "tests")
-from test_loop import _tiny_config, _tiny_data
+from conftest import tiny_loop_config as _tiny_config, tiny_loop_data as _tiny_data
 from noisy_student_tf import loop
 rows = []
 for run in range(2):

@@ -1,12 +1,11 @@
 """Tests for noisy_student_tf.models: EfficientNet builders, noise, weight transfer."""
 
 import math
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_script
 
 from noisy_student_tf.models import (
     VARIANTS,
@@ -468,10 +467,7 @@ def test_initial_weights_are_distinct_per_layer_and_seeded_across_processes():
     first_values = [k.ravel()[:16].tobytes() for k in kernels]
     assert len(set(first_values)) == len(kernels)  # no two layers start identical
     # keras.utils.set_random_seed fixes the initial weights in any process.
-    runs = [
-        subprocess.run([sys.executable, "-c", _INIT_CHECKSUM], capture_output=True, text=True)
-        for _ in range(2)
-    ]
+    runs = [run_script("-c", _INIT_CHECKSUM) for _ in range(2)]
     sums = [line for run in runs for line in run.stdout.splitlines() if "CHECKSUM" in line]
     assert len(sums) == 2 and sums[0] == sums[1], [run.stderr[-1000:] for run in runs]
 

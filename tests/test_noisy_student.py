@@ -2,15 +2,12 @@
 student under any strategy, the non-finite guard and the moving average."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_cnn
+from conftest import run_script, tiny_cnn
 
 from noisy_student_tf.labeling import predict_probabilities, training_targets
 from noisy_student_tf.training import NoisyStudent
@@ -207,10 +204,7 @@ def test_any_student_builds_and_trains(rng, make_student):
 
 
 def test_mirrored_strategy_matches_one_device():
-    script = os.path.join(os.path.dirname(__file__), "mirrored_fit.py")
-    result = subprocess.run(
-        [sys.executable, script], capture_output=True, text=True, timeout=600, check=False
-    )
+    result = run_script("tests/mirrored_fit.py")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2

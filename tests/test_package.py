@@ -2,8 +2,8 @@
 
 import ast
 import pathlib
-import subprocess
-import sys
+
+from conftest import run_script
 
 LIBRARY = pathlib.Path(__file__).resolve().parent.parent / "noisy_student_tf"
 COMMAND_LINE = {"absl.app", "absl.flags", "ml_collections.config_flags", "noisy_student_tf.cli"}
@@ -28,9 +28,8 @@ def test_the_library_never_imports_the_command_line():
         "    importlib.import_module(name)\n"
         "print(sorted(m for m in sys.modules if m == 'noisy_student_tf.cli'))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
-    )
+    proc = run_script("-c", code, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
 
 

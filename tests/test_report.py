@@ -2,24 +2,16 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO
+from conftest import REPO, run_script
 
 SCRIPT = os.path.join(REPO, "experiments", "report.py")
 
 
 def _report(*args):
-    return subprocess.run(
-        [sys.executable, SCRIPT, *args],
-        cwd=REPO,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script("experiments/report.py", *args, timeout=300)
 
 
 def test_report_tables_and_plots_from_a_smoke_run(smoke_workdir, tmp_path):

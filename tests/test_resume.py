@@ -9,7 +9,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_loop import _tiny_config, _tiny_data
+from conftest import copy_workdir
+from conftest import tiny_loop_config as _tiny_config
+from conftest import tiny_loop_data as _tiny_data
 
 from noisy_student_tf import loop
 from noisy_student_tf.cli import ConfigError
@@ -127,17 +129,20 @@ def test_in_memory_loop_resumes_a_killed_student_where_it_stopped(tmp_path, monk
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
-def test_rerun_with_other_settings_is_an_error_naming_the_key(tmp_path):
+def test_rerun_with_other_settings_is_an_error_naming_the_key(tmp_path, tiny_teacher_workdir):
     data = _tiny_data(np.random.default_rng(0))
     config = _tiny_config()
     config.num_iterations = 0
-    loop.run(config, str(tmp_path), data)
+    # The first run with this config and data: the session's (conftest), copied.
+    workdir = copy_workdir(tiny_teacher_workdir, tmp_path / "run")
+    teacher_mtime = os.path.getmtime(os.path.join(workdir, "iteration_0_teacher.keras"))
     config.train.learning_rate = 0.5
     with pytest.raises(ConfigError, match=r"train.learning_rate: 0.01 -> 0.5"):
-        loop.run(config, str(tmp_path), data)
+        loop.run(config, workdir, data)
     # Execution-only settings do not count: more iterations reuse the teacher.
     config.train.learning_rate = 0.01
     config.num_iterations = 1
     config.verbose = 0
-    results = loop.run(config, str(tmp_path), data)
+    results = loop.run(config, workdir, data)
+    assert os.path.getmtime(os.path.join(workdir, "iteration_0_teacher.keras")) == teacher_mtime
     assert [r["role"] for r in results["models"]] == ["teacher", "student"]

@@ -4,32 +4,36 @@ TPUStrategy needs that can be checked without a TPU (address forms, XLA
 compilation of the step, no host-side ops in it)."""
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_cnn
+from conftest import DIGITS_SMOKE, run_script, script_env, start_script, tiny_cnn
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.models import build_efficientnet
 from noisy_student_tf.training import NoisyStudent, strategy
 from noisy_student_tf.training.strategy import get_strategy, tpu_resolver_argument
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "noisy_student.py")
-SMOKE = os.path.join(ROOT, "experiments", "configs", "digits.py") + ":smoke"
+SCRIPT = "experiments/noisy_student.py"
+SMOKE = DIGITS_SMOKE
 # The smoke loop made smaller still: one epoch of two steps per model, an
-# even global batch for two replicas.
+# even global batch for two replicas, the smallest EfficientNets at 16 px
+# (these tests check the strategies' plumbing, not what the models learn).
 TINY = [
     "--config.train.batch_size=24",
     "--config.train.teacher_epochs=1",
     "--config.train.student_epochs=1",
+    "--config.data.image_size=16",
+    *(
+        f"--config.{m}.{c}_coefficient=0.1"
+        for m in ("teacher", "student")
+        for c in ("width", "depth")
+    ),
 ]
 C = 3
 
@@ -176,36 +180,22 @@ def test_train_step_has_no_host_side_ops(rng):
 
 
 def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, **extra)
+    env = script_env(**extra)
     env.pop("TF_CONFIG", None)
     return env
 
 
 def test_mirrored_smoke_loop_on_two_logical_cpus(tmp_path):
     env = _env(**{strategy.LOGICAL_CPUS_ENV: "2"})
-    command = [sys.executable, SCRIPT, f"--config={SMOKE}", "--config.strategy=mirrored"]
+    command = [SCRIPT, SMOKE, "--config.strategy=mirrored"]
     # The odd smoke batch (25) is refused with the replica count: 2 replicas exist.
-    refused = subprocess.run(
-        command + [f"--workdir={tmp_path / 'refused'}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    refused = run_script(*command, f"--workdir={tmp_path / 'refused'}", env=env, timeout=120)
     assert refused.returncode == 2
     assert "train.batch_size=25 does not divide evenly over the strategy's 2 replicas" in (
         refused.stderr
     )
     workdir = tmp_path / "run"
-    result = subprocess.run(
-        command + TINY + [f"--workdir={workdir}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    result = run_script(*command, *TINY, f"--workdir={workdir}", env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((workdir / "results.json").read_text())["models"]
     assert [r["role"] for r in rows] == ["teacher", "student"]
@@ -229,12 +219,11 @@ def _start_workers(args_for, logs):
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         procs.append(
-            subprocess.Popen(
-                args_for(index),
+            start_script(
+                *args_for(index),
                 env=dict(_env(), TF_CONFIG=json.dumps(tf_config)),
                 stdout=open(logs[index], "w"),
                 stderr=subprocess.STDOUT,
-                cwd=ROOT,
             )
         )
     return procs
@@ -252,9 +241,8 @@ def test_multi_worker_loop_runs_and_only_the_chief_writes(tmp_path):
     logs = [tmp_path / "log0", tmp_path / "log1"]
     procs = _start_workers(
         lambda i: [
-            sys.executable,
             SCRIPT,
-            f"--config={SMOKE}",
+            SMOKE,
             "--config.strategy=multi_worker",
             *TINY,
             f"--workdir={workdirs[i]}",
@@ -274,8 +262,7 @@ def test_multi_worker_loop_runs_and_only_the_chief_writes(tmp_path):
 
 def test_killed_worker_fails_the_chief_with_a_clear_message(tmp_path):
     logs = [tmp_path / "log0", tmp_path / "log1"]
-    worker = os.path.join(ROOT, "tests", "multi_worker_fit.py")
-    procs = _start_workers(lambda i: [sys.executable, worker, "100000", "5"], logs)
+    procs = _start_workers(lambda i: ["tests/multi_worker_fit.py", "100000", "5"], logs)
     try:
         deadline = time.time() + 300
         while "step 3" not in logs[1].read_text():

@@ -11,19 +11,17 @@ import glob
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import DIGITS_SMOKE, record_keys, run_script, start_script, tiny_loop_config
 
 from noisy_student_tf import loop
 from noisy_student_tf.data import ingest, records, schema, sources
 from noisy_student_tf.loop import config_checks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, CLASSES = 16, 3
 
 
@@ -61,7 +59,7 @@ def record_sets(tmp_path_factory):
 
 def stream_flags(sets, workdir, *extra):
     return [
-        "--config=experiments/configs/digits.py:smoke",
+        DIGITS_SMOKE,
         f"--config.data.labeled={sets['labeled']}",
         f"--config.data.unlabeled={sets['unlabeled']}",
         f"--config.data.test={sets['test']}",
@@ -80,17 +78,6 @@ def stream_flags(sets, workdir, *extra):
     ]
 
 
-def run_script(script, *args, timeout=300):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, script), *args],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture(scope="module")
 def stream_run(record_sets, tmp_path_factory):
     """One streamed loop (teacher + 1 student) through the main script; its workdir."""
@@ -100,12 +87,7 @@ def stream_run(record_sets, tmp_path_factory):
     return str(workdir), proc.stdout
 
 
-def _keys(files):
-    keys = []
-    for path in files:
-        for raw in records.read_records(path):
-            keys.append(tf.train.Example.FromString(raw).features.feature[schema.KEY])
-    return [k.bytes_list.value[0] for k in keys]
+_keys = record_keys
 
 
 def _teacher_probs(labeled_dir):
@@ -266,16 +248,10 @@ def test_streamed_loop_from_a_teacher_checkpoint(record_sets, stream_run, tmp_pa
 
 
 def loop_config(sets):
-    sys.path.insert(0, os.path.join(ROOT, "experiments", "configs"))
-    import digits
-
-    config = digits.get_config("smoke")
+    """`stream_flags` as a config object, for `loop.run` in this process."""
+    config = tiny_loop_config()
     config.data.labeled, config.data.unlabeled = sets["labeled"], sets["unlabeled"]
     config.data.test, config.data.num_classes, config.data.image_size = sets["test"], 3, SIZE
-    for block in (config.teacher, config.student):
-        block.width_coefficient, block.depth_coefficient = 0.1, 0.1
-    config.train.batch_size = 4
-    config.pseudo.unlabeled_ratio = 2
     config.pseudo.images_per_class = 4
     config.pseudo.num_output_shards = 2
     return config
@@ -326,14 +302,7 @@ def _wait_for(predicate, proc, timeout=240):
 
 
 def _start(args):
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "experiments/noisy_student.py"), *args],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_script("experiments/noisy_student.py", *args)
 
 
 def _kill(proc):

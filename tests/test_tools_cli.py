@@ -8,18 +8,15 @@ EfficientNet checkpoint (its StochasticDepth layers were never registered).
 
 import collections
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import read_examples, run_script
 
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.models import load_checkpoint
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 IMAGE_SIZE = 32  # the digits config's resolution
 
 
@@ -30,22 +27,10 @@ def loop_teacher(smoke_workdir):
 
 
 def _tool(name, *args):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", name), *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script(f"tools/{name}", *args, timeout=300)
 
 
-def _examples(folder):
-    return [
-        tf.train.Example.FromString(r)
-        for f in records.list_files(str(folder))
-        for r in records.read_records(f)
-    ]
+_examples = read_examples
 
 
 def test_make_records_label_filter_balance_with_a_loop_checkpoint(tmp_path, loop_teacher):
