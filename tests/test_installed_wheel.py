@@ -9,8 +9,8 @@ folder outside the repository with PYTHONPATH unset: the main job on the
 packaged `digits:smoke` config, make-records on an image folder, label with
 the teacher the main job wrote, filter-balance, evaluate on its SavedModel.
 
-Six processes in three rounds (independent ones side by side); the smoke
-loop is most of the time.
+Six command processes in three rounds (independent ones side by side),
+after pip's build and install; the smoke loop is most of the time.
 """
 
 import collections
