@@ -1,4 +1,4 @@
-"""How every absl script in experiments/ and tools/ reports bad input.
+"""How every command (noisy_student_tf/commands/, the scripts of a clone) reports bad input.
 
 A wrong flag, config value or path is the user's to fix, so it gets one
 line on stderr naming the flag/key/file and what was expected, and exit
@@ -11,7 +11,7 @@ callers can keep catching ValueError) or FileNotFoundError. Anything else is
 a bug or an environment fault and keeps its full traceback. Set
 NOISY_STUDENT_TRACEBACK=1 to see the traceback of a ConfigError too.
 
-Scripts call `run(main)` instead of `absl.app.run(main)`.
+Commands call `run(main)` instead of `absl.app.run(main)`.
 """
 
 from __future__ import annotations
