@@ -1,59 +1,11 @@
-"""Runs the full Noisy Student loop: teacher, then students, on one config.
+r"""`noisy-student` from a clone: the Noisy Student loop (noisy_student_tf/commands/main_job.py).
 
-  python experiments/noisy_student.py [--config=experiments/configs/digits.py]
-      [--config.seed=1] [--workdir=runs/digits]
-
-  # streamed: labeled, unlabeled and test sets as shard folders/globs or tfds splits
-  python experiments/noisy_student.py --config.data.labeled=/data/in1k/train-* \
-      --config.data.unlabeled=/data/pool --config.data.test=tfds:imagenet2012:validation \
-      --config.data.num_classes=1000 --config.data.image_size=224 --workdir=runs/at_scale
-  # one student from labeled shards + a tools/filter_balance.py output folder
-  python experiments/noisy_student.py --config.data.labeled=... --config.data.test=... \
-      --config.data.pseudo_labeled=/data/pseudo --config.num_iterations=1 --workdir=...
-
-Prints a table of test accuracy per model and writes results.json,
-accuracy.png, per-iteration checkpoints and selection manifests, and the
-final model's SavedModel into --workdir. Rerunning the same command with the
-same --workdir resumes a killed run (finished stages are reused, a model
-killed in fit() continues from its last checkpoint, train.save_every_steps).
+  python experiments/noisy_student.py --config=experiments/configs/digits.py:smoke \
+      --workdir=runs/smoke
+  python experiments/noisy_student.py --config=cifar10_4k:cpu --workdir=runs/c10
 """
 
-import os
-import time
-
-from absl import flags, logging
-
-from noisy_student_tf import cli, loop
-from noisy_student_tf.data import sources
-from noisy_student_tf.loop import config_checks
-from noisy_student_tf.training import get_strategy
-from noisy_student_tf.training.strategy import worker_failures_reported
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
-_CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "ml_collections config file.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/noisy_student", "Output folder.")
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise cli.ConfigError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
-    start = time.time()
-    config_checks.validate_config(config)  # fail on bad settings before loading data
-    strategy = get_strategy(config.strategy, config.tpu_address)  # before other TF ops
-    config_checks.validate_config(config, strategy.num_replicas_in_sync)
-    data = sources.load(config.data)  # arrays, or streams with data.labeled
-    with worker_failures_reported(strategy):  # a dead worker: one clear error, not a hang
-        results = loop.run(config, _WORKDIR.value, data, strategy)
-    print()
-    print(loop.format_table(results["models"]))
-    if strategy.extended.should_checkpoint:  # only the chief writes into --workdir
-        print(
-            f"\nwrote {os.path.join(_WORKDIR.value, 'results.json')} "
-            f"({time.time() - start:.0f} s in all)"
-        )
-
+from noisy_student_tf import commands
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.WARNING)
-    cli.run(main)
+    commands.noisy_student()

@@ -1,4 +1,4 @@
-"""How every absl script in experiments/ and tools/ reports bad input.
+"""How every command (noisy_student_tf/commands/, the scripts of a clone) reports bad input.
 
 A wrong flag, config value or path is the user's to fix, so it gets one
 line on stderr naming the flag/key/file and what was expected, and exit
@@ -11,7 +11,7 @@ callers can keep catching ValueError) or FileNotFoundError. Anything else is
 a bug or an environment fault and keeps its full traceback. Set
 NOISY_STUDENT_TRACEBACK=1 to see the traceback of a ConfigError too.
 
-Scripts call `run(main)` instead of `absl.app.run(main)`.
+Commands call `run(main)` instead of `absl.app.run(main)`.
 """
 
 from __future__ import annotations
@@ -76,8 +76,27 @@ def _plain(error: BaseException) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
+def _is_config_name(argument: str) -> bool:
+    """True for a packaged config (`digits`, `cifar10_4k:cpu`), False for a file path.
+
+    A name has no path separator and no `.py`: `experiments/configs/digits.py`
+    and `./my.py:arg` stay file paths, as ml_collections reads them.
+    """
+    head = argument.partition(":")[0]
+    return not head.endswith(".py") and os.sep not in head and "/" not in head
+
+
 def define_config_file(name: str, default: str, help_string: str):
-    """`config_flags.DEFINE_config_file` with bad overrides reported as one line.
+    """`config_flags.DEFINE_config_file` that also takes packaged config names.
+
+    `--config=digits:smoke` gets `noisy_student_tf.configs.get("digits:smoke")`
+    (an unknown name: one error line listing the known ones) and a file path
+    (`--config=experiments/configs/digits.py:smoke`) is loaded as
+    ml_collections does. A `default` name is resolved to its packaged module
+    file, since the default is parsed while the flag is defined, by
+    ml_collections' own parser; the command line is parsed by ours, set in
+    its place. So an installed command's default does not depend on a
+    checkout.
 
     ml_collections applies `--config.a.b=v` overrides while the flag is
     defined (at import of the script), before `run` could catch anything, so
@@ -86,6 +105,20 @@ def define_config_file(name: str, default: str, help_string: str):
     """
     from ml_collections import config_flags
 
+    from noisy_student_tf import configs
+
+    class NameOrFileParser(config_flags.config_flags.ConfigFileFlagParser):
+        def parse(self, argument):
+            if not _is_config_name(argument):
+                return super().parse(argument)
+            config = configs.get(argument)
+            config.lock()  # as ml_collections locks a loaded file's config
+            return config
+
+    shown = default
+    if _is_config_name(default):
+        module_name, _, arg = default.partition(":")
+        default = configs.module(module_name).__file__ + (f":{arg}" if arg else "")
     try:
         holder = config_flags.DEFINE_config_file(name, default, help_string)
     except (AttributeError, KeyError, ValueError, TypeError) as e:
@@ -98,6 +131,8 @@ def define_config_file(name: str, default: str, help_string: str):
         if isinstance(e, (AttributeError, KeyError)):
             detail = f"the config has no key {detail}"
         fail(f"{', '.join(named) or '--' + name}: {detail}")
+    flags.FLAGS[name].parser = NameOrFileParser(name=name, lock_config=True)
+    flags.FLAGS[name].default_as_str = repr(shown)  # --help: the name, not a site-packages path
     _CONFIG_FLAGS.append(name)
     return holder
 

@@ -1,52 +1,9 @@
-r"""Write an official EfficientNet / Noisy Student checkpoint as Keras files.
+"""`noisy-student-convert` from a clone: same flags (noisy_student_tf/commands/convert_checkpoint.py).
 
-  # tensorflow/tpu's release, unpacked:
-  #   https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/noisystudent/noisy_student_efficientnet-b0.tar.gz
-  python tools/convert_checkpoint.py --checkpoint=/data/noisy_student_efficientnet-b0 \
-      --output_dir=/data/keras
-  # AdvProp checkpoints (inputs scaled to [-1, 1]); the L2-475 release at 475 px:
-  python tools/convert_checkpoint.py --checkpoint=... --output_dir=... --release=advprop
-  python tools/convert_checkpoint.py --checkpoint=.../noisy_student_efficientnet-l2_475 \
-      --output_dir=... --image_size=475
-
-Writes NAME.keras (plain `keras.models.load_model` opens it) and, for B0-B7,
-NAME.weights.h5 for keras.applications' `EfficientNetBx(weights=None,
-classifier_activation=None).load_weights(...)`, then prints the variant,
-the resolution, the evaluation preprocessing and the published top-1 the
-model should reach (noisy_student_tf/models/convert.py; docs/models.md).
+python tools/convert_checkpoint.py --help
 """
 
-from absl import flags
-
-from noisy_student_tf import cli
-from noisy_student_tf.models import convert
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "checkpoint", None, "Official checkpoint folder (or its model.ckpt prefix).", required=True
-)
-flags.DEFINE_string("output_dir", None, "Where NAME.keras and NAME.weights.h5 go.", required=True)
-flags.DEFINE_enum(
-    "release",
-    "noisy_student",
-    list(convert.PUBLISHED_TOP1),
-    "Which release the checkpoint is: its input statistics and published top-1.",
-)
-flags.DEFINE_integer("image_size", 0, "Input side; 0: the variant's resolution.", lower_bound=0)
-flags.DEFINE_string("name", None, "File name stem (default: the checkpoint folder's name).")
-
-
-def main(argv):
-    del argv
-    export = convert.convert_for_keras(
-        FLAGS.checkpoint,
-        FLAGS.output_dir,
-        release=FLAGS.release,
-        image_size=FLAGS.image_size or None,
-        name=FLAGS.name,
-    )
-    print("\n".join(export.lines()))
-
+from noisy_student_tf import commands
 
 if __name__ == "__main__":
-    cli.run(main)
+    commands.noisy_student_convert()
