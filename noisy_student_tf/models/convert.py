@@ -161,11 +161,11 @@ def published_top1(release: str, variant: str, image_size: int) -> float | None:
 # The resize the published figures were measured with, and TF2's.
 RESIZE_NOTE = (
     "the published top-1 was measured with TF1's tf.compat.v1.image.resize_bicubic "
-    "(Keys a = -0.75, legacy corner grid, float output); TF2's tf.image.resize bicubic "
-    "(a = -0.5, half-pixel centers), the default of "
-    "noisy_student_tf.data.preprocess.eval_preprocess, gives a slightly different "
-    "view, and the top-1 gap between the two is not measured here (no ImageNet): use "
-    "a TF1-equivalent resize to reproduce the figure"
+    "(Keys a = -0.75, legacy corner grid, float output); "
+    "noisy_student_tf.data.preprocess.eval_preprocess(..., resize='official') reproduces "
+    "it (the default, TF2's tf.image.resize bicubic, a = -0.5 with half-pixel centers, "
+    "gives a slightly different view; the top-1 gap between the two is not measured "
+    "here, no ImageNet)"
 )
 
 
