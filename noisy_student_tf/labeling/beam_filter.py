@@ -319,51 +319,9 @@ def build_pipeline(
     )
     stats = [classified.stats]
     if k and balance == "official":
-        levels = threshold_levels(threshold)
-        plans = (
-            candidates
-            | "Levels" >> beam.Map(lambda kv: ((kv[0], int(level_index(-kv[1][0], levels))), 1))
-            | "CountPerLevel" >> beam.CombinePerKey(sum)
-            | "ByClass" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
-            | "LevelsPerClass" >> beam.GroupByKey()
-            | "OfficialPlan" >> beam.Map(_official_plan, levels=levels, images_per_class=k)
-        )
-        routed = candidates | "Coins" >> beam.ParDo(
-            _Coins(k, seed), plans=beam.pvalue.AsDict(plans)
-        ).with_outputs("stats", main="kept")
-        kept = routed.kept
-        stats.append(routed.stats)
-        stats.append(
-            plans | "ThresholdStats" >> beam.Map(lambda kv: (f"class_threshold/{kv[0]}", kv[1][0]))
-        )
+        kept = _official_balance(candidates, stats, threshold, k, seed)
     elif k:
-        plans = (
-            candidates
-            | "Pairs" >> beam.Map(lambda kv: (kv[0], (kv[1][0], kv[1][1])))
-            | "TopKPerClass" >> beam.combiners.Top.PerKey(k, reverse=True)
-            | "Plan"
-            >> beam.FlatMap(_plan, counts=beam.pvalue.AsDict(counts), images_per_class=k, seed=seed)
-        )
-        cutoffs = (
-            plans
-            | "Cutoffs" >> beam.Filter(lambda p: p[0] == "cutoff")
-            | "CutoffKV" >> beam.Map(lambda p: (p[1], p[2]))
-        )
-        copies = (
-            plans
-            | "Copies" >> beam.Filter(lambda p: p[0] == "copies")
-            | "CopiesKV" >> beam.Map(lambda p: (p[1], p[2]))
-        )
-        routed = candidates | "Route" >> beam.ParDo(
-            _Route(k), counts=beam.pvalue.AsDict(counts), cutoffs=beam.pvalue.AsDict(cutoffs)
-        ).with_outputs("under", "stats", main="kept")
-        joined = (
-            {"records": routed.under, "copies": copies}
-            | "JoinCopies" >> beam.CoGroupByKey()
-            | "WithCopies" >> beam.FlatMap(_join_copies)
-        )
-        kept = (routed.kept, joined) | "AllKept" >> beam.Flatten()
-        stats.append(routed.stats)
+        kept = _exact_balance(candidates, counts, stats, k, seed)
     else:
         kept = candidates | "KeepAll" >> beam.Map(lambda kv: (kv[0], kv[1][1], 1, kv[1][2]))
     expanded = kept | "Expand" >> beam.ParDo(_Expand(seed, num_output_shards)).with_outputs(
@@ -383,6 +341,66 @@ def build_pipeline(
         | "StatsJson" >> beam.Map(_stats_line)
         | "WriteStats" >> beam.io.WriteToText(stats_prefix)
     )
+
+
+def _official_balance(candidates, stats: list, threshold: float, k: int, seed: int):
+    """balance="official": per-class level counts, then a coin per record.
+
+    Appends its stats PCollections to `stats`; returns the kept
+    (class, key, copies, reference) records.
+    """
+    levels = threshold_levels(threshold)
+    plans = (
+        candidates
+        | "Levels" >> beam.Map(lambda kv: ((kv[0], int(level_index(-kv[1][0], levels))), 1))
+        | "CountPerLevel" >> beam.CombinePerKey(sum)
+        | "ByClass" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+        | "LevelsPerClass" >> beam.GroupByKey()
+        | "OfficialPlan" >> beam.Map(_official_plan, levels=levels, images_per_class=k)
+    )
+    routed = candidates | "Coins" >> beam.ParDo(
+        _Coins(k, seed), plans=beam.pvalue.AsDict(plans)
+    ).with_outputs("stats", main="kept")
+    stats.append(routed.stats)
+    stats.append(
+        plans | "ThresholdStats" >> beam.Map(lambda kv: (f"class_threshold/{kv[0]}", kv[1][0]))
+    )
+    return routed.kept
+
+
+def _exact_balance(candidates, counts, stats: list, k: int, seed: int):
+    """balance="exact": top-K cutoffs for over-full classes, copy counts for the rest.
+
+    Appends its stats PCollection to `stats`; returns the kept
+    (class, key, copies, reference) records.
+    """
+    plans = (
+        candidates
+        | "Pairs" >> beam.Map(lambda kv: (kv[0], (kv[1][0], kv[1][1])))
+        | "TopKPerClass" >> beam.combiners.Top.PerKey(k, reverse=True)
+        | "Plan"
+        >> beam.FlatMap(_plan, counts=beam.pvalue.AsDict(counts), images_per_class=k, seed=seed)
+    )
+    cutoffs = (
+        plans
+        | "Cutoffs" >> beam.Filter(lambda p: p[0] == "cutoff")
+        | "CutoffKV" >> beam.Map(lambda p: (p[1], p[2]))
+    )
+    copies = (
+        plans
+        | "Copies" >> beam.Filter(lambda p: p[0] == "copies")
+        | "CopiesKV" >> beam.Map(lambda p: (p[1], p[2]))
+    )
+    routed = candidates | "Route" >> beam.ParDo(
+        _Route(k), counts=beam.pvalue.AsDict(counts), cutoffs=beam.pvalue.AsDict(cutoffs)
+    ).with_outputs("under", "stats", main="kept")
+    joined = (
+        {"records": routed.under, "copies": copies}
+        | "JoinCopies" >> beam.CoGroupByKey()
+        | "WithCopies" >> beam.FlatMap(_join_copies)
+    )
+    stats.append(routed.stats)
+    return (routed.kept, joined) | "AllKept" >> beam.Flatten()
 
 
 def _read_stats(stats_dir: str) -> dict:
@@ -461,6 +479,82 @@ def resolve_num_classes(input_files: list[str], num_classes: int | None) -> int:
     return inferred
 
 
+def _check_arguments(
+    input_files: list[str],
+    threshold: float,
+    images_per_class: int,
+    num_output_shards: int,
+    balance: str,
+) -> None:
+    """Rejects bad arguments and missing inputs before any output is touched."""
+    validate_threshold(threshold)
+    validate_balance(balance)
+    if images_per_class < 0 or num_output_shards < 1:
+        raise ConfigError(
+            f"--images_per_class must be >= 0 (got {images_per_class}) and "
+            f"--num_output_shards >= 1 (got {num_output_shards})"
+        )
+    if not input_files:
+        raise FileNotFoundError("no input files given")
+    for path in input_files:
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"input file {path!r} does not exist")
+
+
+def _clear_output(output_dir: str, output_prefix: str) -> str:
+    """Removes a previous run's shards and stats (a rerun replaces the whole output).
+
+    Returns:
+      The (now absent) folder the pipeline writes its stats into.
+    """
+    tf.io.gfile.makedirs(output_dir)
+    for old in tf.io.gfile.glob(os.path.join(output_dir, f"{output_prefix}-*-of-*.tfrecord")):
+        tf.io.gfile.remove(old)
+    stats_dir = os.path.join(output_dir, "_stats")
+    if tf.io.gfile.exists(stats_dir):
+        tf.io.gfile.rmtree(stats_dir)
+    return stats_dir
+
+
+def _complete_shards(output_dir: str, output_prefix: str, num_output_shards: int) -> list[str]:
+    """All S output shard names; shards that received no record are written empty."""
+    shards = []
+    for i in range(num_output_shards):
+        path = os.path.join(output_dir, records.shard_name(output_prefix, i, num_output_shards))
+        if not tf.io.gfile.exists(path):
+            records.AtomicWriter(path).commit()
+        shards.append(os.path.basename(path))
+    return shards
+
+
+def _run_pipeline(pipeline_args: list[str] | None, stats_dir: str, **settings) -> dict:
+    """Runs `build_pipeline(**settings)` on Beam; returns its stats, summed (stats_dir is removed)."""
+    beam_runner.run(
+        pipeline_args,
+        lambda pipeline: build_pipeline(
+            pipeline, stats_prefix=os.path.join(stats_dir, "part"), **settings
+        ),
+        "filter_balance",
+    )
+    stats = _read_stats(stats_dir)
+    tf.io.gfile.rmtree(stats_dir)
+    return stats
+
+
+def _write_manifest(manifest: dict, output_dir: str, plots: bool) -> None:
+    """Adds the plots (if asked), writes manifest.json and logs the run in one line."""
+    if plots:
+        manifest["plots"] = report.plot_filter_balance(manifest, output_dir)
+    records.write_json(os.path.join(output_dir, "manifest.json"), manifest)
+    logging.info(
+        "filter_balance: %d in, %d out records in %d shards (%.1f s)",
+        manifest["in"],
+        manifest["out_records"],
+        manifest["num_output_shards"],
+        manifest["elapsed_s"],
+    )
+
+
 def run_filter_balance(
     input_files: list[str],
     output_dir: str,
@@ -500,52 +594,25 @@ def run_filter_balance(
     Returns:
       The manifest (see docs/data_format.md).
     """
-    validate_threshold(threshold)
-    validate_balance(balance)
-    if images_per_class < 0 or num_output_shards < 1:
-        raise ConfigError(
-            f"--images_per_class must be >= 0 (got {images_per_class}) and "
-            f"--num_output_shards >= 1 (got {num_output_shards})"
-        )
-    if not input_files:
-        raise FileNotFoundError("no input files given")
-    for path in input_files:
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"input file {path!r} does not exist")
+    _check_arguments(input_files, threshold, images_per_class, num_output_shards, balance)
     num_classes = resolve_num_classes(input_files, num_classes)
     timer = records.Timer()
-    tf.io.gfile.makedirs(output_dir)
-    for old in tf.io.gfile.glob(os.path.join(output_dir, f"{output_prefix}-*-of-*.tfrecord")):
-        tf.io.gfile.remove(old)  # a rerun replaces the whole output
-    stats_dir = os.path.join(output_dir, "_stats")
-    if tf.io.gfile.exists(stats_dir):
-        tf.io.gfile.rmtree(stats_dir)
-    beam_runner.run(
+    stats_dir = _clear_output(output_dir, output_prefix)
+    stats = _run_pipeline(
         pipeline_args,
-        lambda pipeline: build_pipeline(
-            pipeline,
-            input_files,
-            os.path.join(stats_dir, "part"),
-            output_dir,
-            num_classes,
-            threshold,
-            images_per_class,
-            num_output_shards,
-            seed,
-            check_images,
-            output_prefix,
-            balance,
-        ),
-        "filter_balance",
+        stats_dir,
+        input_files=input_files,
+        output_dir=output_dir,
+        num_classes=num_classes,
+        threshold=threshold,
+        images_per_class=images_per_class,
+        num_output_shards=num_output_shards,
+        seed=seed,
+        check_images=check_images,
+        output_prefix=output_prefix,
+        balance=balance,
     )
-    stats = _read_stats(stats_dir)
-    tf.io.gfile.rmtree(stats_dir)
-    shards = []
-    for i in range(num_output_shards):  # shards that received no record are written empty
-        path = os.path.join(output_dir, records.shard_name(output_prefix, i, num_output_shards))
-        if not tf.io.gfile.exists(path):
-            records.AtomicWriter(path).commit()
-        shards.append(os.path.basename(path))
+    shards = _complete_shards(output_dir, output_prefix, num_output_shards)
     official = balance == "official" and bool(images_per_class)
     manifest = build_manifest(stats, num_classes, threshold if official else None)
     manifest.update(
@@ -564,16 +631,7 @@ def run_filter_balance(
             "elapsed_s": timer.elapsed(),
         }
     )
-    if plots:
-        manifest["plots"] = report.plot_filter_balance(manifest, output_dir)
-    records.write_json(os.path.join(output_dir, "manifest.json"), manifest)
-    logging.info(
-        "filter_balance: %d in, %d out records in %d shards (%.1f s)",
-        manifest["in"],
-        manifest["out_records"],
-        num_output_shards,
-        manifest["elapsed_s"],
-    )
+    _write_manifest(manifest, output_dir, plots)
     return manifest
 
 

@@ -195,54 +195,15 @@ def train_one(
         if init_from is not None:
             student.set_weights(init_from.get_weights())
             fine_tune.freeze_shallow_layers(student, frozen_blocks)
-        model = NoisyStudent(
-            student,
-            num_classes,
-            unlabeled_ratio=config.pseudo.unlabeled_ratio,
-            label_smoothing=train.label_smoothing,
-            weight_decay=train.weight_decay,
-            teacher=teacher if config.pseudo.online else None,
-            temperature=config.pseudo.temperature if config.pseudo.soft else None,
-            ema_decay=train.ema_decay,
-        )
-        # Schedule epochs are the official float N / B; fit's epochs are whole steps.
-        schedule_epoch = train.steps_per_epoch or num_labeled / train.batch_size
-        schedule_epochs, schedule_total, offset = schedule or (epochs, total, 0)
-        optimizer = build_optimizer(
-            train,
-            train.batch_size,
-            schedule_epoch,
-            schedule_epochs,
-            total_steps=schedule_total,
-            step_offset=offset,
-        )
-        model.compile(
-            optimizer=precision.wrap_optimizer(optimizer, resolved),
-            jit_compile=resolved.jit_compile,
-        )
-        # Slots exist before a checkpoint is restored into them.
-        model.optimizer.build(model.trainable_variables)
+        model = _noisy_student(config, student, num_classes, teacher)
+        _compile(model, train, resolved, num_labeled, schedule or (epochs, total, 0))
     checkpoint = resume.FitCheckpoint(checkpoint_dir, model) if checkpoint_dir else None
     start = checkpoint.restore() if checkpoint else 0
     if start:
         print(f"   {name}: resumed from its checkpoint at step {start} of {total}", flush=True)
-    ds = pipeline.training_dataset(
-        labeled,
-        train.batch_size,
-        unlabeled,
-        unlabeled_ratio=config.pseudo.unlabeled_ratio if unlabeled is not None else 0,
-        preprocess=train_preprocess(model_config, image_size, seed),
-        online_teacher=config.pseudo.online,
-        seed=seed,
-        start_batch=start,
+    ds = _dataset(
+        config, labeled, unlabeled, train_preprocess(model_config, image_size, seed), seed, start
     )
-    callbacks = [resume.StopAtStep(total)]
-    if checkpoint is not None and train.get("save_every_steps", 0):
-        callbacks.append(resume.SaveEverySteps(checkpoint, train.save_every_steps))
-    if config.verbose == 1:
-        callbacks.append(progress.ProgressLines(name, total - start))
-    if log_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
     if start < total:
         model.fit(
             ds,
@@ -250,13 +211,86 @@ def train_one(
             initial_epoch=start // steps,
             steps_per_epoch=steps,
             verbose=2 if config.verbose == 2 else 0,
-            callbacks=callbacks,
+            callbacks=_callbacks(config, name, total, start, checkpoint, log_dir),
             shuffle=False,
         )
     elif model.average is not None:  # killed after its last step: only the average is left
         model.average.copy_to_variables(strategy)
     info = {"steps": total, "resumed_from_step": start, "final_step": checkpoint_step(model)}
     return student, info
+
+
+def _noisy_student(config, student: keras.Model, num_classes: int, teacher) -> NoisyStudent:
+    """`student` wrapped with the config's loss, moving average and online teacher."""
+    train = config.train
+    return NoisyStudent(
+        student,
+        num_classes,
+        unlabeled_ratio=config.pseudo.unlabeled_ratio,
+        label_smoothing=train.label_smoothing,
+        weight_decay=train.weight_decay,
+        teacher=teacher if config.pseudo.online else None,
+        temperature=config.pseudo.temperature if config.pseudo.soft else None,
+        ema_decay=train.ema_decay,
+    )
+
+
+def _compile(
+    model: NoisyStudent,
+    train,
+    resolved: precision.Precision,
+    num_labeled: int,
+    schedule: tuple[float, int, int],
+) -> None:
+    """Compiles `model` with an optimizer that follows `schedule` = (epochs, total steps, offset).
+
+    Called inside the strategy's scope, so the optimizer's variables are
+    mirrored; its slots are built here so a checkpoint can be restored into
+    them before fit() would create them.
+    """
+    # Schedule epochs are the official float N / B; fit's epochs are whole steps.
+    schedule_epoch = train.steps_per_epoch or num_labeled / train.batch_size
+    schedule_epochs, schedule_total, offset = schedule
+    optimizer = build_optimizer(
+        train,
+        train.batch_size,
+        schedule_epoch,
+        schedule_epochs,
+        total_steps=schedule_total,
+        step_offset=offset,
+    )
+    model.compile(
+        optimizer=precision.wrap_optimizer(optimizer, resolved),
+        jit_compile=resolved.jit_compile,
+    )
+    model.optimizer.build(model.trainable_variables)
+
+
+def _dataset(config, labeled, unlabeled, preprocess, seed: int, start: int) -> tf.data.Dataset:
+    """The noised training batches, labeled and pseudo-labeled, from batch `start` on."""
+    return pipeline.training_dataset(
+        labeled,
+        config.train.batch_size,
+        unlabeled,
+        unlabeled_ratio=config.pseudo.unlabeled_ratio if unlabeled is not None else 0,
+        preprocess=preprocess,
+        online_teacher=config.pseudo.online,
+        seed=seed,
+        start_batch=start,
+    )
+
+
+def _callbacks(config, name: str, total: int, start: int, checkpoint, log_dir) -> list:
+    """fit()'s callbacks: stop at `total`, periodic checkpoints, progress, TensorBoard."""
+    train = config.train
+    callbacks = [resume.StopAtStep(total)]
+    if checkpoint is not None and train.get("save_every_steps", 0):
+        callbacks.append(resume.SaveEverySteps(checkpoint, train.save_every_steps))
+    if config.verbose == 1:
+        callbacks.append(progress.ProgressLines(name, total - start))
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0))
+    return callbacks
 
 
 def checkpoint_step(model: keras.Model) -> int:
