@@ -11,14 +11,6 @@ import pathlib
 
 MAX_LINES = 100  # issue 19's limit
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "noisy_student_tf"  # read, not imported
-# Known exceptions, each with why; an entry that is no longer over the limit fails the test,
-# so the list only shrinks.
-ALLOWED = {
-    # A config is a flat list of settings read top to bottom; splitting it scatters the defaults.
-    "configs/digits.py:get_config",
-    # Not yet split (it came in with the official-resize merge); to be split by its owner.
-    "evaluation/export.py:export_saved_model",
-}
 
 
 def long_functions(root: pathlib.Path, max_lines: int) -> dict[str, int]:
@@ -35,13 +27,10 @@ def long_functions(root: pathlib.Path, max_lines: int) -> dict[str, int]:
 
 
 def test_no_library_function_is_over_100_lines():
-    found = long_functions(PACKAGE, MAX_LINES)
-    offenders = {name: n for name, n in found.items() if name not in ALLOWED}
+    offenders = long_functions(PACKAGE, MAX_LINES)
     assert not offenders, f"functions over {MAX_LINES} lines: " + "; ".join(
         f"{name} ({n} lines)" for name, n in sorted(offenders.items())
     )
-    stale = ALLOWED - set(found)
-    assert not stale, f"no longer over {MAX_LINES} lines, remove from ALLOWED: {sorted(stale)}"
 
 
 def test_the_check_sees_a_long_method(tmp_path):

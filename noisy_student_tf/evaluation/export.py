@@ -118,6 +118,20 @@ def export_saved_model(
     size = _image_size(model)
     k, names = _check_head(model, class_names, top_k)
     resize = resize or eval_resize_of(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, fn, input_signature in _endpoints(model, size, k, names, small_image, resize):
+        archive.add_endpoint(name=name, fn=fn, input_signature=input_signature)
+    # Custom gradients only matter to code that trains the loaded model;
+    # tracing them took as long as the rest of the export (measured).
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    _bind_saved_model_api()
+    archive.write_out(path, options=options, verbose=False)
+    return path
+
+
+def _endpoints(model, size: int, k: int, names, small_image, resize: str):
+    """(name, function, input signature) of every serving signature `export_saved_model` writes."""
     view = tf.TensorSpec([size, size, 3], tf.float32 if resize == "official" else tf.uint8)
 
     # Traced once and called by every signature: tracing the Keras model is
@@ -165,8 +179,6 @@ def export_saved_model(
     def spec(shape, dtype, name):
         return [tf.TensorSpec(shape, dtype, name=name)]
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
     endpoints = (
         ("serve", serve, spec([None, size, size, 3], tf.float32, IMAGES_INPUT)),
         ("serving_default", serving_default, spec([None], tf.string, BYTES_INPUT)),
@@ -177,14 +189,7 @@ def export_saved_model(
             spec([None, None, None, 3], tf.float32, IMAGES_INPUT),
         ),
     )
-    for name, fn, input_signature in endpoints:
-        archive.add_endpoint(name=name, fn=fn, input_signature=input_signature)
-    # Custom gradients only matter to code that trains the loaded model;
-    # tracing them took as long as the rest of the export (measured).
-    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    _bind_saved_model_api()
-    archive.write_out(path, options=options, verbose=False)
-    return path
+    return endpoints
 
 
 def _bind_saved_model_api() -> None:
