@@ -18,7 +18,7 @@ from conftest import REPO, tiny_cnn
 
 from noisy_student_tf import configs
 from noisy_student_tf.errors import ConfigError
-from noisy_student_tf.loop.config_checks import range_problem, validate_config
+from noisy_student_tf.loop.config_checks import range_problem, setting_leaves, validate_config
 
 # Each config the generated cases start from; each validates as it is (the
 # ImageNet ones once given the unlabeled pool their users must name).
@@ -41,19 +41,11 @@ def _config(spec):
     return config
 
 
-def _leaves(config, prefix=""):
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def _cases():
     """(spec, key, bad value): NaN and inf for floats, -1 for counts (-2 where -1 is a rule), in tuples too."""
     cases = []
     for spec in SPECS:
-        for key, value in _leaves(_config(spec)):
+        for key, value in setting_leaves(_config(spec)):
             first = value[0] if isinstance(value, tuple) and value else None
             if isinstance(first, (int, float)) and not isinstance(first, bool):
                 cases.append((spec, key, (-1 if isinstance(first, int) else math.nan, *value[1:])))

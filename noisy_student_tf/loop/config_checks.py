@@ -147,18 +147,18 @@ def validate_config(config, num_replicas: int | None = None) -> None:
     precision.resolve_config(config, "tpu" if config.strategy == "tpu" else "cpu")
 
 
-def _leaves(config, prefix=""):
+def setting_leaves(config, prefix=""):
     """(dotted key, value) of every setting of a ConfigDict, depth first."""
     for key, value in config.items():
         if hasattr(value, "items"):
-            yield from _leaves(value, f"{prefix}{key}.")
+            yield from setting_leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
 
 
 def _check_numbers(config) -> None:
     """No NaN or infinity anywhere (a float key takes both), and every RANGES key in range."""
-    leaves = dict(_leaves(config))
+    leaves = dict(setting_leaves(config))
     for key, value in leaves.items():
         for number in value if isinstance(value, (tuple, list)) else (value,):
             if isinstance(number, float) and not math.isfinite(number):
