@@ -1,7 +1,7 @@
 """The error types the library raises for input a user must fix.
 
 A plain module (no absl, no TensorFlow) so every layer of the library can
-raise them without importing the command line; `noisy_student_tf.cli`
+raise them without importing the command line; the scripts' `cli` module
 turns them into one `error: ...` line and exit status 2.
 """
 

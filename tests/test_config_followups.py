@@ -136,11 +136,16 @@ def _official_group(replicas):
 @pytest.mark.parametrize("spec", CASES)
 def test_validate_config_accepts_every_config_as_shipped(spec):
     config = get(spec)
+    shipped = config.to_dict()
     config_checks.validate_config(config)
     config_checks.validate_config(config, num_replicas=1)
     if config.strategy == "tpu":  # a v3-8 slice and the paper's 2048-core pod
         for replicas in (8, 2048):
             config_checks.validate_config(config, num_replicas=replicas)
+        # ... while the group check is live: 12 replicas are not whole groups of 8.
+        with pytest.raises(ConfigError, match="batch_norm_group_size"):
+            config_checks.validate_config(config, num_replicas=12)
+    assert config.to_dict() == shipped  # validation reads, never rewrites, the config
 
 
 def test_unknown_normalization_names_the_key_and_the_valid_names():

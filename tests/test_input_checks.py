@@ -123,11 +123,15 @@ def test_out_of_range_values_are_refused_with_the_range(key, value, expected):
 def test_a_teacher_checkpoint_or_pseudo_labeled_folder_needs_no_teacher_epochs():
     config = _config("digits")
     config.train.teacher_epochs = 0
+    with pytest.raises(ConfigError, match=r"^train\.teacher_epochs"):
+        validate_config(config)  # a teacher to train with no epochs
     config.teacher_checkpoint = "teacher.keras"
     validate_config(config)  # the teacher is loaded, not trained
     config = _config("digits")
-    config.num_iterations = 0
     config.train.student_epochs = 0
+    with pytest.raises(ConfigError, match=r"^train\.student_epochs"):
+        validate_config(config)  # a student to train with no epochs
+    config.num_iterations = 0
     validate_config(config)  # no student trains
 
 

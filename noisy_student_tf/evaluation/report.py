@@ -132,23 +132,23 @@ def evaluate_models(
         **{k: v for k, v in model_reports[0].items()},
         "models": model_reports,
         "baseline": base_report,
-        "settings": _settings(
-            labels,
-            images,
-            num_classes,
-            class_names,
-            seed,
-            corruption_names,
-            severities,
-            sources,
-            perturbation_names,
-            frames,
-            eps,
-            pgd_steps,
-            pgd_step_size,
-            base,
-            start,
-        ),
+        "settings": {  # what was evaluated, and how
+            "num_examples": int(len(labels)),
+            "image_size": int(images.shape[1]),
+            "num_classes": int(num_classes),
+            "class_names": list(class_names) if class_names else None,
+            "seed": seed,
+            "corruptions": corruption_names,
+            "severities": [int(s) for s in severities],
+            "corruption_source": sources,
+            "perturbations": perturbation_names,
+            "frames": frames,
+            "eps": eps,
+            "pgd_steps": pgd_steps,
+            "pgd_step_size": pgd_step_size,
+            "mce_baseline": base.source if base is not None else None,
+            "wall_s": round(time.time() - start, 1),
+        },
     }
     result = _finite(result)
     with tf.io.gfile.GFile(os.path.join(output_dir, "report.json"), "w") as f:
@@ -200,43 +200,6 @@ def _clean_reports(everyone, images: np.ndarray, labels: np.ndarray, batch_size:
         for m, z in zip(everyone, logits)
     ]
     return reports, num_classes
-
-
-def _settings(
-    labels,
-    images,
-    num_classes,
-    class_names,
-    seed,
-    corruption_names,
-    severities,
-    sources,
-    perturbation_names,
-    frames,
-    eps,
-    pgd_steps,
-    pgd_step_size,
-    base,
-    start,
-) -> dict:
-    """The report's `settings` block: what was evaluated, and how."""
-    return {
-        "num_examples": int(len(labels)),
-        "image_size": int(images.shape[1]),
-        "num_classes": int(num_classes),
-        "class_names": list(class_names) if class_names else None,
-        "seed": seed,
-        "corruptions": corruption_names,
-        "severities": [int(s) for s in severities],
-        "corruption_source": sources,
-        "perturbations": perturbation_names,
-        "frames": frames,
-        "eps": eps,
-        "pgd_steps": pgd_steps,
-        "pgd_step_size": pgd_step_size,
-        "mce_baseline": base.source if base is not None else None,
-        "wall_s": round(time.time() - start, 1),
-    }
 
 
 def _corruptions(
