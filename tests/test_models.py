@@ -474,10 +474,10 @@ def test_initial_weights_are_distinct_per_layer_and_seeded_across_processes():
 
 def test_build_model_with_a_seed_ignores_what_was_built_before():
     """The loop's weights depend on (seed, iteration), not on the process's build order."""
+    from noisy_student_tf import configs
     from noisy_student_tf.training.trainer import build_model
-    from tests.test_configs import load_config_module
 
-    block = load_config_module("digits.py").get_config("smoke").student
+    block = configs.get("digits:smoke").student
     first = build_model(block, 10, 8, seed=3).get_weights()
     build_model(block, 10, 8)  # a throwaway model moves the global generators
     again = build_model(block, 10, 8, seed=3).get_weights()
