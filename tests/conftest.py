@@ -4,9 +4,14 @@ reader, and the session's reference runs of the loop that many tests read.
 
 A reference run is trained once per session and its workdir is read, never
 written, by the tests that use it: a test that needs to change a workdir
-copies it first (`copy_workdir`).
+copies it first (`copy_workdir`). Under pytest-xdist (the suite runs on
+`-n auto` workers, setup.cfg) "once per session" still holds: the first
+worker to need a reference run makes it under a file lock in the folder all
+workers share, and the others wait for it and read it (`made_once`).
 """
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -177,11 +182,44 @@ def record_keys(spec) -> list[bytes]:
 
 def copy_workdir(source: str, target) -> str:
     """A private copy of a reference run's workdir, for a test that reruns in it."""
-    shutil.copytree(source, target)
+    shutil.copytree(source, target, dirs_exist_ok=True)
     return str(target)
 
 
 # --- fixtures ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def made_once(tmp_path_factory, name: str, make) -> str:
+    """The folder `name` after `make(folder)` filled it, once per test session.
+
+    pytest-xdist gives each worker a base temp folder of its own under one
+    shared parent; the folder is made there, under a lock, so a second worker
+    waits for the first instead of training the same reference run again.
+    A failed `make` leaves no completion mark: the next test that needs the
+    folder makes it again (and fails the same way) rather than reading a
+    half-written one.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder, done = base / name, base / f"{name}.done"
+    with _file_lock(base / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.write_text("")
+    return str(folder)
 
 
 @pytest.fixture
@@ -204,17 +242,23 @@ def smoke_run(tmp_path_factory):
     loop itself wrote (checkpoints, manifests, SavedModel, TensorBoard logs),
     not stand-ins. About a minute, once per session.
     """
-    workdir = tmp_path_factory.mktemp("smoke_run")
-    proc = run_script(
-        "experiments/noisy_student.py",
-        DIGITS_SMOKE,
-        "--config.evaluate.robustness=True",
-        "--config.verbose=1",
-        "--config.train.teacher_epochs=5",
-        f"--workdir={workdir}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return str(workdir), proc.stdout
+
+    def make(folder):
+        workdir = folder / "workdir"
+        proc = run_script(
+            "experiments/noisy_student.py",
+            DIGITS_SMOKE,
+            "--config.evaluate.robustness=True",
+            "--config.verbose=1",
+            "--config.train.teacher_epochs=5",
+            f"--workdir={workdir}",
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (folder / "stdout.txt").write_text(proc.stdout)
+
+    folder = made_once(tmp_path_factory, "smoke_run", make)
+    with open(os.path.join(folder, "stdout.txt")) as stdout:
+        return os.path.join(folder, "workdir"), stdout.read()
 
 
 @pytest.fixture(scope="session")
@@ -230,9 +274,10 @@ def tiny_teacher_workdir(tmp_path_factory):
     its manifests and its SavedModel. Rerun in a `copy_workdir` copy."""
     from noisy_student_tf import loop
 
-    keras.utils.set_random_seed(0)
-    workdir = str(tmp_path_factory.mktemp("tiny_teacher"))
-    config = tiny_loop_config()
-    config.num_iterations = 0
-    loop.run(config, workdir, tiny_loop_data(np.random.default_rng(0)))
-    return workdir
+    def make(folder):
+        keras.utils.set_random_seed(0)
+        config = tiny_loop_config()
+        config.num_iterations = 0
+        loop.run(config, str(folder), tiny_loop_data(np.random.default_rng(0)))
+
+    return made_once(tmp_path_factory, "tiny_teacher", make)

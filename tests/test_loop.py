@@ -55,9 +55,11 @@ def test_smaller_student_is_an_error_unless_allowed(tmp_path, rng, tiny_teacher_
     assert [r["role"] for r in results["models"]] == ["teacher"]
 
 
-def test_loop_runs_teacher_and_students_and_writes_outputs(tmp_path, rng):
+def test_loop_runs_teacher_and_students_and_writes_outputs(tmp_path, rng, tiny_teacher_workdir):
     config = _tiny_config()
     config.num_iterations = 2
+    # The session's teacher (same config and data) is reused; two students train.
+    copy_workdir(tiny_teacher_workdir, tmp_path)
     results = loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
     rows = results["models"]
     assert [(r["role"], r["iteration"]) for r in rows] == [
@@ -225,7 +227,9 @@ def test_loop_under_two_replicas_rejects_an_odd_batch_before_training(tmp_path):
     assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
 
 
-def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
+def test_online_student_is_taught_by_the_previous_model(
+    tmp_path, monkeypatch, tiny_teacher_workdir
+):
     built, streams = [], []
 
     class Recording(trainer.NoisyStudent):
@@ -245,11 +249,13 @@ def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
     config = _tiny_config()
     config.pseudo.online = True
     config.pseudo.temperature = 2.0
+    copy_workdir(
+        tiny_teacher_workdir, tmp_path
+    )  # the session's teacher: pseudo.* is not its setting
     results = loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
     # The online mode trains a student from the teacher's selection.
     assert [r["role"] for r in results["models"]] == ["teacher", "student"]
-    teacher_run, student_run = built
-    assert teacher_run.teacher is None
+    (student_run,) = built  # the teacher was reused, not trained again
     assert student_run.teacher is not None and student_run.temperature == 2.0
     # The frozen teacher inside the student's step is the saved iteration-0 model.
     import keras
@@ -260,14 +266,22 @@ def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
         student_run.teacher.predict(x, verbose=0), saved.predict(x, verbose=0), atol=1e-5
     )
     # Its batches carry clean copies for the teacher and no stored targets.
-    batch = next(iter(streams[1]))
+    batch = next(iter(streams[0]))
     assert "unlabeled_teacher_images" in batch and "unlabeled_targets" not in batch
 
 
-@pytest.mark.parametrize("via_records", [False, True])
-def test_hard_pseudo_labels_are_the_teachers_argmax_smoothed(tmp_path, monkeypatch, via_records):
-    """Also the via_records mode's stages (the online mode's are checked with
-    the online student): one loop per mode."""
+@pytest.mark.parametrize("kind,via_records", [("keras", False), ("saved_model", True)])
+def test_a_loaded_teacher_gives_hard_pseudo_labels_smoothed(
+    tmp_path, monkeypatch, tiny_teacher_workdir, kind, via_records
+):
+    """A teacher checkpoint (`.keras`, or the SavedModel with `via_records`)
+    labels the pool; hard labels are its argmax with label smoothing.
+
+    The checkpoint is the session's teacher-only run (conftest), on the same
+    data: the loaded teacher must reproduce its figures untouched. One loop
+    per mode also covers the via_records stages (the online mode's are
+    checked with the online student).
+    """
     unlabeled_streams = []
     real_dataset = trainer.pipeline.training_dataset
 
@@ -277,12 +291,22 @@ def test_hard_pseudo_labels_are_the_teachers_argmax_smoothed(tmp_path, monkeypat
         return real_dataset(labeled, batch_size, unlabeled, *args, **kwargs)
 
     monkeypatch.setattr(trainer.pipeline, "training_dataset", recording_dataset)
+    first = Path(tiny_teacher_workdir)
     config = _tiny_config()
+    config.teacher_checkpoint = str(
+        first / ("iteration_0_teacher.keras" if kind == "keras" else "saved_model")
+    )
+    config.train.teacher_epochs = 10_000  # would take minutes if the teacher were trained
     config.pseudo.soft = False
     config.pseudo.via_records = via_records
     config.train.label_smoothing = 0.1
     results = loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
-    assert [r["role"] for r in results["models"]] == ["teacher", "student"]
+    teacher, student = results["models"]
+    before = json.loads((first / "results.json").read_text())["models"][0]
+    assert teacher["architecture"].startswith("loaded ") and student["role"] == "student"
+    assert teacher["test_top1"] == before["test_top1"]
+    assert teacher["pseudo_label_accuracy"] == before["pseudo_label_accuracy"]
+    assert teacher["kept"] == before["kept"]
     if via_records:
         # The tools' library code wrote each stage with its manifest, and the
         # Beam output holds exactly what the in-memory rule selects.
@@ -304,28 +328,9 @@ def test_hard_pseudo_labels_are_the_teachers_argmax_smoothed(tmp_path, monkeypat
     np.testing.assert_allclose(np.sort(targets, 1)[:, :-1], eps / classes, atol=1e-6)
     import keras
 
-    teacher = keras.models.load_model(tmp_path / "iteration_0_teacher.keras")
-    predicted = teacher.predict(images.astype(np.float32), verbose=0).argmax(1)
+    loaded = keras.models.load_model(first / "iteration_0_teacher.keras")
+    predicted = loaded.predict(images.astype(np.float32), verbose=0).argmax(1)
     np.testing.assert_array_equal(targets.argmax(1), predicted)
-
-
-@pytest.mark.parametrize("kind", ["keras", "saved_model"])
-def test_loop_starts_from_a_teacher_checkpoint(tmp_path, kind, tiny_teacher_workdir):
-    data = _tiny_data(np.random.default_rng(0))
-    # The first run: the session's teacher-only run (conftest), same config and data.
-    first = Path(tiny_teacher_workdir)
-    path = first / ("iteration_0_teacher.keras" if kind == "keras" else "saved_model")
-    config = _tiny_config()
-    config.teacher_checkpoint = str(path)
-    config.train.teacher_epochs = 10_000  # would take minutes if the teacher were trained
-    results = loop.run(config, str(tmp_path / "second"), data)
-    teacher, student = results["models"]
-    before = json.loads((first / "results.json").read_text())["models"][0]
-    # The loaded teacher is the first run's, untouched: same accuracy, same labels.
-    assert teacher["architecture"].startswith("loaded ")
-    assert teacher["test_top1"] == before["test_top1"]
-    assert teacher["pseudo_label_accuracy"] == before["pseudo_label_accuracy"]
-    assert teacher["kept"] == before["kept"] and student["role"] == "student"
 
 
 def test_missing_teacher_checkpoint_fails_before_training(tmp_path):
