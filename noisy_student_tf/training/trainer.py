@@ -93,7 +93,8 @@ def load_teacher_checkpoint(
     if tuple(model.input_shape[1:3]) != (image_size, image_size):
         raise ConfigError(
             f"teacher_checkpoint={path!r} takes {model.input_shape[1:3]} images but "
-            f"the data is {image_size}x{image_size} (data.image_size)"
+            f"the teacher's are {image_size}x{image_size} (teacher.image_size, else "
+            "data.image_size)"
         )
     outputs = model.output_shape[-1]
     if num_classes is not None and outputs is not None and outputs != num_classes:
