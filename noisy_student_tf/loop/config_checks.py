@@ -269,7 +269,11 @@ def model_image_size(config, block) -> int:
 
 
 def _check_model_sizes(config) -> None:
-    """Per-model sizes where the data mode can give them; one warm start per teacher."""
+    """Model sizes the data mode can give, and a teacher loaded or warm-started, not both.
+
+    The robustness report evaluates every model on one set of images, so it
+    needs one size (fine-tuning's included); found here, not after the run.
+    """
     teacher, student = (model_image_size(config, config[r]) for r in ("teacher", "student"))
     if config.get("teacher_checkpoint", "") and config.teacher.get("init_checkpoint", ""):
         raise ConfigError(
