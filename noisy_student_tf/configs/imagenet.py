@@ -54,7 +54,8 @@ Where our loop differs from the official code:
 Matching the official code (no longer differences): every model at its own
 resolution (teacher.image_size, student.image_size: the B7 teacher trains,
 labels and is evaluated at 600 px, as data_input.py fed a teacher its own
-efficientnet_params size), RMSProp's mean square
+efficientnet_params size), a student may start from a checkpoint
+(student.init_checkpoint, main.py --init_model_path), RMSProp's mean square
 starts at ones (train.rmsprop_second_moment_init), batch-norm moments over
 groups of replicas by the official rule (batch_norm_group_size=-1), and
 fine-tuning runs its frozen blocks in inference mode.
