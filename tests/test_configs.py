@@ -14,8 +14,8 @@ from conftest import REPO, run_script, script_env, source_examples, write_record
 
 from noisy_student_tf import configs
 from noisy_student_tf.cli import ConfigError
-from noisy_student_tf.data import schema
-from noisy_student_tf.loop import config_checks
+from noisy_student_tf.data import records, schema
+from noisy_student_tf.loop import config_checks, stages
 from noisy_student_tf.models import VARIANTS, load_checkpoint
 from noisy_student_tf.training import trainer
 
@@ -283,6 +283,18 @@ def test_smoke_variant_runs_through_the_loop(tmp_path, spec, overrides):
     assert resolved["teacher"]["architecture"] == config.teacher.architecture
     assert resolved["student"]["architecture"] == config.student.architecture
     assert resolved["data"]["image_size"] == size
+    # Each model at its own size (issue 21 item 2): trained and exported at it,
+    # its test top-1 computed at it, and the teacher labeling at it.
+    sizes = [config_checks.model_image_size(config, config[r]) for r in ("teacher", "student")]
+    assert [row["image_size"] for row in results["models"][:2]] == sizes
+    for iteration, side in enumerate(sizes):
+        stem = stages.model_stem(str(workdir), iteration)
+        assert load_checkpoint(stem + ".keras").input_shape[1:3] == (side, side)
+    labeled = records.read_json(str(workdir / "iteration_0_labeled" / "manifest.json"))
+    assert labeled["settings"]["image_size"] == sizes[0]
+    if name == "imagenet.py":
+        assert sizes == [config.teacher.image_size, config.student.image_size]
+        assert sizes[0] != sizes[1]  # the paper's B7 at 600 px, L2 at 475, shrunk
     ratios = resolved["pseudo"].get("unlabeled_ratio_per_iteration", ())
     assert not ratios or len(ratios) == resolved["num_iterations"]
 

@@ -115,6 +115,7 @@ def test_streamed_loop_labels_filters_and_trains_from_record_folders(record_sets
     assert set(teacher) == {
         "role", "iteration", "architecture", "parameters", "test_top1",
         "pseudo_label_accuracy", "kept", "dropped", "dropped_below_threshold", "wall_s",
+        "image_size",
     }  # fmt: skip
     # Every unlabeled record was labeled exactly once, by each model.
     for i in (0, 1):

@@ -45,6 +45,15 @@ def model(dropout_rate=0.2, final_survival_prob=0.8, magnitude=9, flip=False, ex
             # input mean/std inside the model, a models/efficientnet.py NORMALIZATIONS
             # name (official task_info.py get_mean_std: each task its own)
             normalization="imagenet",
+            # the model's input side: it trains, is evaluated, labels and is
+            # exported at this size (official data_input.py fed the teacher its
+            # own resolution); 0: data.image_size
+            image_size=0,
+            # warm start: a checkpoint of this architecture (.keras, official TF1,
+            # keras.applications .h5) whose weights the model starts from instead
+            # of a fresh initialization (official main.py --init_model_path); every
+            # model of the block (each student) starts from it; "": none
+            init_checkpoint="",
         )
     )
 

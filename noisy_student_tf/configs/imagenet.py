@@ -17,13 +17,13 @@ or `l2`, optionally with `smoke`.
   e.g. B7 86.9% top-1 (official checkpoints, tensorflow/tpu
   models/official/efficientnet/README.md).
 - `l2`: the paper's best run (section 3.1, "Iterative training"): a B7
-  teacher, then three EfficientNet-L2 students with unlabeled batches 14x,
-  14x and 28x the labeled batch, trained at 475 px, then fine-tuned at
-  800 px (88.4% top-1). Six days on a 2048-core TPU v3 pod per student at
+  teacher at its own 600 px, then three EfficientNet-L2 students with
+  unlabeled batches 14x, 14x and 28x the labeled batch, trained at 475 px,
+  then fine-tuned at 800 px (88.4% top-1). Six days on a 2048-core TPU v3 pod per student at
   14x (paper).
 - `smoke`: the same code path at toy sizes (every width and depth x1/8, so
-  the student stays at least the teacher's size; 32 px; 4 classes; a few
-  steps; default strategy, float32). It needs small record folders in
+  the student stays at least the teacher's size; 32 px, l2's teacher 40 px;
+  4 classes; a few steps; default strategy, float32). It needs small record folders in
   data.labeled/unlabeled/test, such as tests/test_configs.py writes.
 
 Data (the streamed protocol): labeled ImageNet train, evaluated on the
@@ -39,9 +39,11 @@ local_scripts/imagenet/filter_unlabel.sh; "builder" =
 efficientnet_builder.efficientnet_params (our models.VARIANTS).
 
 Where our loop differs from the official code:
-- one resolution per run (data.image_size): the official input pipeline fed
-  the teacher its own resolution (data_input.py), so the L2 run's B7
-  teacher labeled at 600 px; here it trains and labels at L2's 475 px.
+- the L2 students after the first are taught by an L2 student, which labels
+  at the 475 px it trained at (its .keras input); the official code does not
+  fix that resolution: main.py --mode=predict labels at --input_image_size,
+  else the builder's 800 px for L2, and the L2 labeling commands are not
+  published.
 - one `train` block for teacher and student: a B0-B4 teacher gets the
   student's 700-epoch schedule (the official EfficientNet baselines,
   tensorflow/tpu efficientnet main.py, trained 350 epochs).
@@ -49,7 +51,11 @@ Where our loop differs from the official code:
   to uint8; the official one used TF1 resize_bicubic in float
   (preprocessing.py). `eval_preprocess(resize="official")` reproduces it and
   an exported official checkpoint serves it, but the loop does not use it.
-Matching the official code (no longer differences): RMSProp's mean square
+Matching the official code (no longer differences): every model at its own
+resolution (teacher.image_size, student.image_size: the B7 teacher trains,
+labels and is evaluated at 600 px, as data_input.py fed a teacher its own
+efficientnet_params size), a student may start from a checkpoint
+(student.init_checkpoint, main.py --init_model_path), RMSProp's mean square
 starts at ones (train.rmsprop_second_moment_init), batch-norm moments over
 groups of replicas by the official rule (batch_norm_group_size=-1), and
 fine-tuning runs its frozen blocks in inference mode.
@@ -88,6 +94,13 @@ EPOCHS = 350
 # efficientnet README: the "L2-475" checkpoint) and tests at 800 px (builder).
 L2_TRAIN_SIZE = 475
 L2_TEST_SIZE = 800
+# The L2 run's B7 teacher: builder efficientnet-b7 (2.0, 3.1, 600, 0.5); the
+# official pipeline trained and fed a teacher at that size (main.py
+# input_image_size default, data_input.py teacher_image_size).
+B7_SIZE = VARIANTS["efficientnet-b7"][2]
+# smoke: the same two sizes shrunk (600:475 ~ 40:32), so the teacher and the
+# student still differ
+SMOKE_TEACHER_SIZE, SMOKE_SIZE = 40, 32
 # paper, "Iterative training": 14:1, 14:1, then 28:1 for the three L2 students.
 L2_UNLABELED_RATIOS = (14, 14, 28)
 SMOKE_SCALE = 0.125  # smoke: every width and depth coefficient x1/8
@@ -157,6 +170,11 @@ def get_config(arg=None):
     # training"). The paper trains the teacher noised as well (Algorithm 1).
     config.teacher = imagenet_model(digits, "b7" if name == "l2" else name)
     config.student = imagenet_model(digits, name)
+    if name == "l2":  # b0-b7: both at data.image_size, the variant's own
+        config.teacher.image_size = B7_SIZE
+        # Every L2 student trains at 475 (paper) and, as a teacher, labels at it
+        # (the official code does not fix that size; see "differs" above).
+        config.student.image_size = L2_TRAIN_SIZE
     # train.sh: one training run per size; paper: three L2 iterations.
     config.num_iterations = len(L2_UNLABELED_RATIOS) if name == "l2" else 1
 
@@ -244,7 +262,10 @@ def _smoke(config, name):
     config.precision = "float32"
     config.verbose = 0
     config.data.num_classes = 4
-    config.data.image_size = 32
+    config.data.image_size = SMOKE_SIZE
+    if name == "l2":
+        config.teacher.image_size = SMOKE_TEACHER_SIZE
+        config.student.image_size = SMOKE_SIZE
     for block in (config.teacher, config.student):
         # Scaling both coefficients keeps the student at least the teacher's size.
         block.width_coefficient = round(block.width_coefficient * SMOKE_SCALE, 4)

@@ -20,8 +20,10 @@ from noisy_student_tf.models import layers
 from noisy_student_tf.models.efficientnet import NORMALIZATIONS
 from noisy_student_tf.training import fine_tune, optimization, precision
 
-__all__ = ["RANGES", "iteration_config", "range_problem", "validate_config"]
+__all__ = ["RANGES", "iteration_config", "model_image_size", "range_problem", "validate_config"]
 
+
+MIN_IMAGE_SIZE = 8  # the EfficientNet stem and stages need >= 8 px
 
 # Every numeric key's interval: "[a, b]" closed, "(a, b)" open, "inf" no bound.
 # A key missing from a config (older files, fine_tune-less configs) is not
@@ -33,7 +35,7 @@ RANGES = {
     "seed": "[0, inf)",  # numpy and the stateless tf.random ops take no negative seed
     "num_iterations": "[0, inf)",
     "data.num_classes": "[2, inf)",
-    "data.image_size": "[8, inf)",  # the EfficientNet stem and stages need >= 8 px
+    "data.image_size": "[8, inf)",  # MIN_IMAGE_SIZE
     "data.num_labeled_per_class": "[1, inf)",  # 0: an empty labeled set
     "data.num_test_per_class": "[1, inf)",
     "data.split_seed": "[0, inf)",
@@ -44,6 +46,7 @@ RANGES = {
     "ROLE.final_survival_prob": "(0, 1]",
     "ROLE.randaugment_layers": "[0, inf)",
     "ROLE.randaugment_magnitude": "[0, 30]",  # the official 0-30 scale
+    "ROLE.image_size": "[0, inf)",  # 0: data.image_size; 1-7 refused by _check_model_block
     "train.batch_size": "[1, inf)",
     "train.eval_batch_size": "[1, inf)",
     "train.steps_per_epoch": "[0, inf)",  # 0: one pass over the labeled images
@@ -114,6 +117,7 @@ def validate_config(config, num_replicas: int | None = None) -> None:
     _check_schedule(config.train)
     for role in ("teacher", "student"):
         _check_model_block(role, config[role], num_replicas)
+    _check_model_sizes(config)
     ratios = tuple(config.pseudo.get("unlabeled_ratio_per_iteration", ()))
     if ratios and len(ratios) != config.num_iterations:
         raise ConfigError(
@@ -219,6 +223,12 @@ def _check_model_block(role: str, block, num_replicas: int | None) -> None:
     models/efficientnet.py refuses both too, but only when the model is
     built: for a group size, when fit() first traces it under the strategy.
     """
+    size = block.get("image_size", 0)
+    if 0 < size < MIN_IMAGE_SIZE:
+        raise ConfigError(
+            f"{role}.image_size must be >= {MIN_IMAGE_SIZE} (the EfficientNet stem and "
+            f"stages), or 0 for data.image_size, got {size}"
+        )
     name = block.get("normalization", "imagenet")
     if name not in NORMALIZATIONS:
         raise ConfigError(
@@ -246,6 +256,61 @@ def _check_model_block(role: str, block, num_replicas: int | None) -> None:
             f"do not divide the strategy's {num_replicas} replicas; use a divisor of "
             f"{num_replicas} (1: per replica)"
         )
+
+
+def model_image_size(config, block) -> int:
+    """A model block's input side: its own `image_size`, else `data.image_size`.
+
+    Each model trains, is evaluated, labels and is exported at this size, as
+    the official code fed a teacher its own resolution (data_input.py); a
+    block without the key (older configs) takes the data's.
+    """
+    return int(block.get("image_size", 0) or config.data.image_size)
+
+
+def _check_model_sizes(config) -> None:
+    """Model sizes the data mode can give, and a teacher loaded or warm-started, not both.
+
+    The robustness report evaluates every model on one set of images, so it
+    needs one size (fine-tuning's included); found here, not after the run.
+    """
+    teacher, student = (model_image_size(config, config[r]) for r in ("teacher", "student"))
+    if config.get("teacher_checkpoint", "") and config.teacher.get("init_checkpoint", ""):
+        raise ConfigError(
+            "teacher_checkpoint and teacher.init_checkpoint are exclusive: the first is "
+            "the teacher, the second the weights a trained teacher starts from"
+        )
+    sizes = " and ".join(
+        f"{role}.image_size={config[role].get('image_size', 0)}"
+        + ("" if config[role].get("image_size", 0) else f" (data.image_size={size})")
+        for role, size in (("teacher", teacher), ("student", student))
+    )
+    if teacher != student and config.pseudo.get("online", False):
+        # The official online teacher got its own view of each image
+        # (data_input.py teacher_image); here the pipeline carries one clean
+        # copy, so one size keeps the train step as it is.
+        raise ConfigError(
+            f"pseudo.online needs one size for teacher and student, got {sizes}: the "
+            "online teacher labels the student's batches; set both to one size or use "
+            "offline labels (pseudo.online=False)"
+        )
+    if {teacher, student} != {config.data.image_size} and not sources.is_stream_mode(config.data):
+        raise ConfigError(
+            f"{sizes}, but in-memory data is held at data.image_size="
+            f"{config.data.image_size}; per-model sizes need streamed records "
+            "(data.labeled/unlabeled/test)"
+        )
+    evaluate = config.get("evaluate")
+    if evaluate is not None and evaluate.robustness:
+        every = {teacher, student}
+        if fine_tune.enabled(config):
+            every.add(config.fine_tune.image_size)
+        if len(every) > 1:
+            raise ConfigError(
+                f"evaluate.robustness compares every model on the same images, but the "
+                f"models take {sorted(every)} px ({sizes}, fine_tune); "
+                "evaluate them separately with noisy-student-evaluate"
+            )
 
 
 def iteration_config(config, iteration: int):

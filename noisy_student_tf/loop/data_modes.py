@@ -1,6 +1,7 @@
 """What the loop asks of its data, one implementation per data mode (STYLE rule 11).
 
-The loop (runner.py) needs four things of its data, whatever form it has:
+The loop (runner.py) needs four things of its data, whatever form it has
+(and `model_size(block)`, the side a model block's model takes):
 
   labeled(model_config, seed)  the labeled set a model trains on;
   test_top1(model, ...)        a model's top-1 on the test set;
@@ -46,6 +47,7 @@ from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.targets import pseudo_targets
 from noisy_student_tf.loop import record_stages, stages
+from noisy_student_tf.loop.config_checks import model_image_size
 
 # Decoded labeled images (S x S x 3 bytes each) a streamed run keeps in host
 # memory with tf.data's cache(); larger labeled sets are re-read every epoch.
@@ -113,6 +115,12 @@ class ArraySets:
         self.num_labeled = len(data.labeled_labels)
         self.class_names = None  # arrays carry no class names
 
+    def model_size(self, model_config) -> int:
+        """The arrays' side: resized once, when loaded (validate_config refuses
+        a model block's `image_size` other than `data.image_size` in memory)."""
+        del model_config
+        return self.image_size
+
     def labeled(self, model_config, seed: int, image_size: int | None = None):
         del model_config, seed, image_size  # arrays are resized once, when loaded
         return self.data.labeled_images, self.data.labeled_labels
@@ -138,6 +146,10 @@ class StreamSets:
         self.class_names = records.check_class_names(
             {key: s.files for key, s in named.items() if not s.tfds_name}, self.num_classes
         )
+
+    def model_size(self, model_config) -> int:
+        """A model's own side (`config_checks.model_image_size`): records are decoded at it."""
+        return model_image_size(self.config, model_config)
 
     def labeled(self, model_config, seed: int, image_size: int | None = None):
         size = image_size or self.image_size
@@ -282,7 +294,7 @@ class RecordPool:
         stream, count = record_stages.balanced_stream(
             labels.selection,
             self.sets.num_classes,
-            self.sets.image_size,
+            self.sets.model_size(self.config.student),  # the student's own view
             self.config.seed + iteration,
             self.config.student.small_image,
         )

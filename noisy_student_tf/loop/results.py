@@ -3,7 +3,8 @@
 Row keys (results.json `models`): role, iteration, architecture, parameters,
 test_top1, pseudo_label_accuracy (NaN where the unlabeled set has no true
 labels), kept, dropped, dropped_below_threshold (None where the model did
-not label an unlabeled set), wall_s.
+not label an unlabeled set), wall_s, image_size (the side the model took:
+trained, evaluated, labeled and exported at).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def robustness(config, sets, data, trained: list, workdir: str) -> dict:
     if sets.streamed:
         images, labels, _ = datasets.load_eval_data(
             config.data.test,
-            sets.image_size,
+            sets.model_size(config.student),  # every model's (validate_config)
             settings.sample,
             config.seed,
             tfds_data_dir=config.data.get("path") or None,

@@ -52,6 +52,7 @@ from noisy_student_tf.training.trainer import (
     build_model,
     check_student_size,
     describe,
+    load_init_checkpoint,
     load_teacher_checkpoint,
 )
 
@@ -93,9 +94,9 @@ def run(
             )
             learned_from = _fingerprint(path)
         model_config = config.teacher if iteration == 0 else config.student
-        row = _row(config, iteration, model, loaded, wall)
-        # Evaluate it.
-        row["test_top1"] = sets.test_top1(model, model_config.small_image)
+        row = _row(config, iteration, model, loaded, wall, sets.model_size(model_config))
+        # Evaluate it, at its own size.
+        row["test_top1"] = sets.test_top1(model, model_config.small_image, row["image_size"])
         # It labels the pool, un-noised, once; filter + balance = the next student's data.
         labels = pool.label_pool(model, path, learned_from, iteration)
         if labels is not None:
@@ -152,18 +153,27 @@ def _scratch_dir(workdir: str, strategy) -> str:
 
 
 def _check_models(config, sets, pool):
-    """The loaded `teacher_checkpoint` (or None); checks the student is not smaller."""
+    """The loaded `teacher_checkpoint` (or None); checks the student is not smaller and
+    that each block's `init_checkpoint` fits its model, before anything trains."""
+    num_classes = sets.num_classes
+    sizes = {role: sets.model_size(config[role]) for role in ("teacher", "student")}
     loaded_from = config.get("teacher_checkpoint", "")
     loaded = (
-        load_teacher_checkpoint(loaded_from, sets.image_size, sets.num_classes)
-        if loaded_from
-        else None
+        load_teacher_checkpoint(loaded_from, sizes["teacher"], num_classes) if loaded_from else None
     )
-    if not pool.given()[0]:
-        num_classes, size = sets.num_classes, sets.image_size
-        teacher = loaded if loaded is not None else build_model(config.teacher, num_classes, size)
-        student = build_model(config.student, num_classes, size)
-        check_student_size(teacher, student, config.allow_smaller_student)
+    given = pool.given()[0] is not None  # data.pseudo_labeled: no teacher stage
+    roles = ("teacher", "student")  # each built once here: sizes and warm starts checked
+    if given:  # only a warm-started student needs a look before it trains
+        roles = ("student",) if config.student.get("init_checkpoint", "") else ()
+    models = {"teacher": loaded} if loaded is not None else {}
+    for role in roles:
+        block = config[role]
+        if role not in models:
+            models[role] = build_model(block, num_classes, sizes[role])
+        if block.get("init_checkpoint", ""):
+            load_init_checkpoint(block.init_checkpoint, models[role], f"{role}.init_checkpoint")
+    if not given:
+        check_student_size(models["teacher"], models["student"], config.allow_smaller_student)
     logging.info("data: %s", sets.data.summary())
     return loaded
 
@@ -178,7 +188,7 @@ def _name(iteration: int) -> str:
     return "teacher" if iteration == 0 else f"student {iteration}"
 
 
-def _row(config, iteration: int, model: keras.Model, loaded, wall: float) -> dict:
+def _row(config, iteration: int, model: keras.Model, loaded, wall: float, size: int) -> dict:
     """A model's results row before evaluation (see loop/results.py)."""
     model_config = config.teacher if iteration == 0 else config.student
     if iteration == 0 and loaded is not None:
@@ -196,13 +206,14 @@ def _row(config, iteration: int, model: keras.Model, loaded, wall: float) -> dic
         "dropped": None,
         "dropped_below_threshold": None,
         "wall_s": round(wall, 1),
+        "image_size": size,
     }
 
 
 def _fine_tuned_row(config, model: keras.Model, sets, wall: float) -> dict:
     """The fine-tuned student's results row: evaluated at its own resolution, labels nothing."""
     size = config.fine_tune.image_size
-    row = _row(config, config.num_iterations + 1, model, None, wall)
+    row = _row(config, config.num_iterations + 1, model, None, wall, size)
     row["role"] = "fine_tune"
     row["architecture"] = f"{describe(config.student)} at {size} px"
     row["test_top1"] = sets.test_top1(model, config.student.small_image, size)

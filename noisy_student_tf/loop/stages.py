@@ -152,9 +152,21 @@ class Stage:
 
 def model_settings(config, iteration: int, learned_from: str) -> dict:
     """What a model stage depends on: the config (a teacher: not the student or
-    pseudo blocks) and the content of what it learned from."""
+    pseudo blocks), the content of what it learned from and of the checkpoint
+    it started from (`init_checkpoint`: a changed file is another model)."""
     exclude = ("student", "pseudo", "teacher_checkpoint") if iteration == 0 else ()
-    return {**flat_settings(config, exclude), "iteration": iteration, "learned_from": learned_from}
+    settings = {
+        **flat_settings(config, exclude),
+        "iteration": iteration,
+        "learned_from": learned_from,
+    }
+    role = "teacher" if iteration == 0 else "student"
+    warm = config[role].get("init_checkpoint", "")
+    if warm:
+        from noisy_student_tf.labeling.shards import teacher_fingerprint
+
+        settings[f"{role}.init_checkpoint_fingerprint"] = teacher_fingerprint(warm)
+    return settings
 
 
 def model_stem(workdir: str, iteration: int) -> str:
@@ -197,13 +209,14 @@ def train_model(config, strategy, sets, workdir, iteration, learned_from, unlabe
         flush=True,
     )
     seed = config.seed + iteration
+    size = sets.model_size(model_config)
     model, info = train_one(
         iteration_config(config, iteration),
         strategy,
-        sets.labeled(model_config, seed),
+        sets.labeled(model_config, seed, size),
         sets.num_labeled,
         sets.num_classes,
-        sets.image_size,
+        size,
         model_config,
         epochs,
         seed=seed,

@@ -31,6 +31,7 @@ __all__ = [
     "check_student_size",
     "describe",
     "is_saved_model",
+    "load_init_checkpoint",
     "load_teacher_checkpoint",
     "train_one",
     "train_preprocess",
@@ -92,7 +93,8 @@ def load_teacher_checkpoint(
     if tuple(model.input_shape[1:3]) != (image_size, image_size):
         raise ConfigError(
             f"teacher_checkpoint={path!r} takes {model.input_shape[1:3]} images but "
-            f"the data is {image_size}x{image_size} (data.image_size)"
+            f"the teacher's are {image_size}x{image_size} (teacher.image_size, else "
+            "data.image_size)"
         )
     outputs = model.output_shape[-1]
     if num_classes is not None and outputs is not None and outputs != num_classes:
@@ -101,6 +103,39 @@ def load_teacher_checkpoint(
             f"{num_classes} (data.num_classes)"
         )
     return model
+
+
+def load_init_checkpoint(path: str, model: keras.Model, key: str) -> None:
+    """A block's `init_checkpoint`: `model` takes a checkpoint's weights (a warm start).
+
+    The official main.py --init_model with --init_model_path assigned every
+    variable of the model from the checkpoint's moving averages
+    (utils.init_from_ckpt); a `.keras` file of ours already holds them and an
+    official checkpoint is read from its EMA shadows (models.load_checkpoint).
+    The architecture must match; the input size need not (an EfficientNet's
+    weights do not depend on it), so an official or keras.applications
+    checkpoint is built at the model's size.
+
+    Raises:
+      ConfigError: naming `key`: no such file, a SavedModel (its weights are
+        not a Keras model's), or weights that do not fit `model`.
+    """
+    if is_saved_model(path):
+        raise ConfigError(
+            f"{key}={path!r} is a SavedModel, which holds no Keras weights to start "
+            "from; give the .keras file (or an official / keras.applications checkpoint)"
+        )
+    try:
+        source = load_checkpoint(path, image_size=model.input_shape[1])
+    except FileNotFoundError as e:
+        raise ConfigError(f"{key}={path!r} does not exist") from e
+    try:
+        model.set_weights(source.get_weights())
+    except ValueError as e:
+        raise ConfigError(
+            f"{key}={path!r} ({source.name}, {source.count_params():,} parameters) does not "
+            f"fit the model ({model.name}, {model.count_params():,} parameters): {e}"
+        ) from e
 
 
 def check_student_size(teacher: keras.Model, student: keras.Model, allow_smaller: bool) -> None:
@@ -176,7 +211,8 @@ def train_one(
         `train.save_every_steps` steps and restored from on a rerun
         (resume.py); None saves nothing.
       init_from: start from this model's weights (same architecture, any
-        input size) instead of a fresh initialization (fine-tuning).
+        input size) instead of a fresh initialization (fine-tuning); without
+        it, `model_config.init_checkpoint` (a file) is the warm start if set.
       frozen_blocks: with init_from, freeze the stem and this many blocks.
       schedule: (epochs, total steps, step offset) of another run's
         learning-rate schedule to follow instead of this run's own
@@ -195,6 +231,8 @@ def train_one(
         if init_from is not None:
             student.set_weights(init_from.get_weights())
             fine_tune.freeze_shallow_layers(student, frozen_blocks)
+        elif model_config.get("init_checkpoint", ""):  # a warm start (checked by the loop)
+            load_init_checkpoint(model_config.init_checkpoint, student, "init_checkpoint")
         model = _noisy_student(config, student, num_classes, teacher)
         _compile(model, train, resolved, num_labeled, schedule or (epochs, total, 0))
     checkpoint = resume.FitCheckpoint(checkpoint_dir, model) if checkpoint_dir else None
