@@ -237,10 +237,11 @@ class RecordPool:
         """(labels, their teacher's fingerprint) made before the run (`data.pseudo_labeled`)."""
         if not self.given_folder:
             return None, ""
-        from noisy_student_tf.labeling.shards import teacher_fingerprint
+        from noisy_student_tf.models.artifact import fingerprint as content_fingerprint
 
         # Names a folder without a manifest or without kept records first.
-        fingerprint = teacher_fingerprint(records.filter_balance_manifest(self.given_folder))
+        manifest = records.filter_balance_manifest(self.given_folder)
+        fingerprint = content_fingerprint(manifest, "data.pseudo_labeled")
         return PoolLabels(None, float("nan"), self.given_folder), fingerprint
 
     def label_pool(self, model, model_path: str, fingerprint: str, iteration: int):

@@ -12,8 +12,6 @@ import io
 import math
 import os
 
-import tensorflow as tf
-
 from noisy_student_tf.loop import stages
 
 
@@ -94,6 +92,7 @@ def robustness(config, sets, data, trained: list, workdir: str) -> dict:
 
     from noisy_student_tf import evaluation
     from noisy_student_tf.evaluation import corruptions, datasets
+    from noisy_student_tf.models import open_model
 
     settings = config.evaluate
     if sets.streamed:
@@ -109,7 +108,7 @@ def robustness(config, sets, data, trained: list, workdir: str) -> dict:
         images, labels = evaluation.sample_images(
             data.test_images, data.test_labels, settings.sample, config.seed
         )
-    models = [evaluation.as_served_model(_load(path), name=name) for name, path in trained]
+    models = [open_model(path, name=name) for name, path in trained]
     report = evaluation.evaluate_models(
         models,
         images,
@@ -125,12 +124,3 @@ def robustness(config, sets, data, trained: list, workdir: str) -> dict:
     )
     keys = ("top1", "ece", "corruption_mean", "mce", "mfr", "fgsm", "pgd")
     return {r["name"]: {k: r.get(k) for k in keys} for r in report["models"]}
-
-
-def _load(path: str):
-    """A SavedModel folder as it is; a `.keras` checkpoint through the one loader."""
-    from noisy_student_tf.models import load_checkpoint
-
-    if tf.io.gfile.isdir(path):
-        return path
-    return load_checkpoint(path)

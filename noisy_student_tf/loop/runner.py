@@ -46,6 +46,7 @@ from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.loop import data_modes, stages
 from noisy_student_tf.loop.config_checks import validate_config
 from noisy_student_tf.loop.results import format_table, plot, robustness
+from noisy_student_tf.models.artifact import fingerprint
 from noisy_student_tf.training import fine_tune, precision
 from noisy_student_tf.training.strategy import get_strategy
 from noisy_student_tf.training.trainer import (
@@ -91,7 +92,7 @@ def run(
             model, path, wall = stages.train_model(
                 config, strategy, sets, workdir, iteration, learned_from, source, model
             )
-            learned_from = _fingerprint(path)
+            learned_from = fingerprint(path)
         model_config = config.teacher if iteration == 0 else config.student
         row = _row(config, iteration, model, loaded, wall)
         # Evaluate it.
@@ -166,12 +167,6 @@ def _check_models(config, sets, pool):
         check_student_size(teacher, student, config.allow_smaller_student)
     logging.info("data: %s", sets.data.summary())
     return loaded
-
-
-def _fingerprint(path: str) -> str:
-    from noisy_student_tf.labeling.shards import teacher_fingerprint
-
-    return teacher_fingerprint(path)
 
 
 def _name(iteration: int) -> str:

@@ -233,10 +233,9 @@ def keep_loaded_teacher(model, loaded_from: str, workdir: str) -> tuple[str, str
     iteration_0_teacher.keras (a rerun keeps that file, so its fingerprint,
     which the later stages were made with, stays the same).
     """
-    from noisy_student_tf.labeling.shards import teacher_fingerprint
-    from noisy_student_tf.training.trainer import is_saved_model
+    from noisy_student_tf.models.artifact import fingerprint, is_saved_model
 
-    source = teacher_fingerprint(loaded_from)
+    source = fingerprint(loaded_from, "teacher_checkpoint")
     if is_saved_model(loaded_from):
         return loaded_from, source
     stem = model_stem(workdir, 0)
@@ -246,7 +245,7 @@ def keep_loaded_teacher(model, loaded_from: str, workdir: str) -> tuple[str, str
         stage.start(settings)
         model.save(stem + ".keras")
         stage.finish({"wall_s": 0.0})
-    return stem + ".keras", teacher_fingerprint(stem + ".keras")
+    return stem + ".keras", fingerprint(stem + ".keras")
 
 
 def fine_tune_model(config, strategy, sets, student, learned_from: str, workdir: str):
