@@ -14,7 +14,8 @@ is skipped on rerun, so a killed job resumes where it stopped with no
 duplicated or missing records. A complete shard labeled with other settings
 (another teacher by content, soft/hard, temperature, top-k) is never reused
 silently: the rerun stops with a ConfigError naming the setting, or, with
-`overwrite=True`, relabels that shard.
+`overwrite=True`, relabels that shard. The comparison and its error are
+noisy_student_tf/manifests.py's, as for the loop's stage manifests.
 
 Bad records vs faults: a record that fails to parse or whose image fails to
 decode is skipped and counted by reason. A read fault (a corrupted or
@@ -35,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from noisy_student_tf import manifests
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.predict import softmax
@@ -424,7 +426,7 @@ def label_shards(
                 topk,
                 progbar,
             )
-            records.write_json(outputs[i] + MANIFEST_SUFFIX, {**manifest, **settings, **derived})
+            manifests.write_json(outputs[i] + MANIFEST_SUFFIX, {**manifest, **settings, **derived})
     return write_summary(output_dir, outputs, timer.elapsed())
 
 
@@ -433,39 +435,31 @@ def _is_complete(output: str) -> bool:
 
 
 def _differences(old: dict, new: dict) -> list[str]:
-    """'name: old -> new' for every compared setting that differs."""
-    diffs = []
-    for name in COMPARED_SETTINGS:
-        before, after = old.get(name), new.get(name)
-        if before == after:
-            continue
-        if name == "teacher_fingerprint":
-            diffs.append(
-                f"teacher: {old.get('teacher', '?')!r} ({before or 'no fingerprint'}) -> "
-                f"{new['teacher']!r} ({after})"
-            )
-        else:
-            diffs.append(f"{name}: {before!r} -> {after!r}")
-    return diffs
+    """'name: old -> new' for every compared setting that differs (the teacher by content)."""
+    return manifests.differences(old, new, COMPARED_SETTINGS, {"teacher_fingerprint": "teacher"})
 
 
 def _check_settings(outputs: list[str], settings: dict, overwrite: bool) -> set[str]:
     """The complete shards among `outputs` labeled with other settings.
 
     Raises:
-      ConfigError: there are some and `overwrite` is False.
+      OtherSettingsError: there are some and `overwrite` is False.
     """
     stale = {}
     for output in outputs:
-        diffs = _differences(records.read_json(output + MANIFEST_SUFFIX), settings)
+        diffs = _differences(manifests.read_json(output + MANIFEST_SUFFIX), settings)
         if diffs:
             stale[output] = diffs
     if stale and not overwrite:
         first, diffs = next(iter(stale.items()))
-        raise ConfigError(
-            f"{len(stale)} complete shard(s) in {os.path.dirname(first)!r} were labeled with "
-            f"other settings, e.g. {os.path.basename(first)}: {'; '.join(diffs)} (old -> new); "
-            "pass --overwrite to relabel them, or choose another --output_dir"
+        others = f" and {len(stale) - 1} more complete shard(s)" if len(stale) > 1 else ""
+        raise manifests.OtherSettingsError(
+            os.path.basename(first) + others,
+            os.path.dirname(first),
+            "were labeled" if others else "was labeled",
+            diffs,
+            f"Pass --overwrite to relabel {'them' if others else 'it'}, or choose another "
+            "--output_dir",
         )
     for output, diffs in stale.items():
         logging.info("relabeling %s: %s", output, "; ".join(diffs))
@@ -479,7 +473,7 @@ def write_summary(output_dir: str, outputs: list[str], elapsed_s: float) -> dict
     settings (a job array whose jobs disagree is caught here).
     """
     done = [
-        records.read_json(p + MANIFEST_SUFFIX)
+        manifests.read_json(p + MANIFEST_SUFFIX)
         for p in outputs
         if tf.io.gfile.exists(p + MANIFEST_SUFFIX)
     ]
@@ -504,5 +498,5 @@ def write_summary(output_dir: str, outputs: list[str], elapsed_s: float) -> dict
         "settings": {k: done[0].get(k) for k in keys} if done and not mixed else {},
         "elapsed_s_this_job": elapsed_s,
     }
-    records.write_json(os.path.join(output_dir, "manifest.json"), summary)
+    manifests.write_json(os.path.join(output_dir, "manifest.json"), summary)
     return summary

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf import evaluation, labeling
+from noisy_student_tf import evaluation, labeling, manifests
 from noisy_student_tf.data import records, schema, sources
 from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
 from noisy_student_tf.errors import ConfigError
@@ -91,7 +91,7 @@ def write_pool_labels(path: str, keys, labels, probs: np.ndarray) -> None:
     """
     buffer = io.BytesIO()
     np.savez(buffer, key=np.asarray(keys, object).astype(bytes), label=labels, probs=probs)
-    stages.write_file(path, buffer.getvalue())
+    manifests.write_file(path, buffer.getvalue())
 
 
 def read_pool_labels(path: str) -> dict:

@@ -12,7 +12,7 @@ import io
 import math
 import os
 
-from noisy_student_tf.loop import stages
+from noisy_student_tf import manifests
 
 
 def _percent(value, width: int) -> str:
@@ -73,7 +73,7 @@ def plot(rows: list, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    stages.write_file(path, buffer.getvalue())  # the workdir may be a bucket
+    manifests.write_file(path, buffer.getvalue())  # the workdir may be a bucket
 
 
 def robustness(config, sets, data, trained: list, workdir: str) -> dict:

@@ -39,7 +39,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from noisy_student_tf import evaluation
+from noisy_student_tf import evaluation, manifests
 from noisy_student_tf.data import sources
 from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
 from noisy_student_tf.errors import ConfigError
@@ -130,7 +130,7 @@ def _start(config, workdir: str, data, strategy):
     if not strategy.extended.should_checkpoint:
         workdir = _scratch_dir(workdir, strategy)
     tf.io.gfile.makedirs(workdir)
-    stages.write_file(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    manifests.write_file(os.path.join(workdir, "config.json"), config.to_json(indent=2))
     keras.utils.set_random_seed(config.seed)
     if config.get("deterministic"):
         # Bit-identical reruns: deterministic kernels (slower; see README).
@@ -212,7 +212,7 @@ def _fill_counts(row: dict, labels: data_modes.PoolLabels, workdir: str, iterati
     row["dropped"] = summary["in"] - summary["kept_unique"]
     row["dropped_below_threshold"] = summary["dropped_below_threshold"]
     path = os.path.join(workdir, f"iteration_{iteration}_selection.json")
-    stages.write_file(path, json.dumps(summary, indent=1))
+    manifests.write_file(path, json.dumps(summary, indent=1))
 
 
 def _finish(config, workdir: str, rows, trained, model, sets, data) -> dict:
@@ -227,7 +227,7 @@ def _finish(config, workdir: str, rows, trained, model, sets, data) -> dict:
     results = {"models": rows, "config": config.to_dict()}
     if config.get("evaluate") is not None and config.evaluate.robustness:
         results["robustness"] = robustness(config, sets, data, trained, workdir)
-    stages.write_file(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+    manifests.write_file(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     return results
 
 
