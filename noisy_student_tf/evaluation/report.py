@@ -78,9 +78,8 @@ def evaluate_models(
     """Evaluates `models` side by side; writes report.json and plots into `output_dir`.
 
     Args:
-      models: model files or folders (`models.open_model`), Keras models or
-        ModelArtifacts (the first one's numbers are also the report's
-        top-level keys).
+      models: model paths (`models.open_model`), Keras models or ModelArtifacts
+        (the first one's numbers are also the report's top-level keys).
       images: uint8 [N, S, S, 3], already in the evaluation view.
       labels: int [N].
       output_dir: created if needed.
