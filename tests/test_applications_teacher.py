@@ -1,4 +1,4 @@
-"""A keras.applications EfficientNet weights file as a teacher (models/checkpoint.py, weights.py).
+"""A keras.applications EfficientNet weights file as a teacher (models/artifact.py, weights.py).
 
 Files are written here from randomly initialised keras.applications models
 (weights=None, no download) in the three forms such a file takes: Keras 3

@@ -17,7 +17,7 @@ from noisy_student_tf.evaluation import (
     perturbations,
     robustness_report,
 )
-from noisy_student_tf.evaluation.served import load_served_model
+from noisy_student_tf.models import open_model
 
 
 # How each corruption's change grows with severity on 32 px images, by
@@ -168,7 +168,7 @@ def trained_saved_model(tmp_path_factory):
 
     Trained and exported in a fresh process, as a training job would: in the
     exporting process itself the custom-gradient names of swish point at the
-    exporter's functions (see evaluation/served.py).
+    exporter's functions (see models/saved_model.py).
     """
     path = str(tmp_path_factory.mktemp("tiny") / "saved_model")
     proc = run_script("-c", TRAIN_TINY, path, timeout=300)
@@ -179,7 +179,7 @@ def trained_saved_model(tmp_path_factory):
 def test_gradients_through_the_saved_model_equal_the_keras_model(trained_saved_model, digits):
     import keras
 
-    served = load_served_model(trained_saved_model)
+    served = open_model(trained_saved_model)
     assert served.signature == "serve" and served.differentiable and served.image_size == 32
     model = keras.models.load_model(trained_saved_model + ".keras")
     x = tf.constant(digits.test_images[:4], tf.float32)
@@ -193,7 +193,7 @@ def test_gradients_through_the_saved_model_equal_the_keras_model(trained_saved_m
 
 
 def test_fgsm_lowers_a_trained_models_accuracy_more_at_larger_eps(trained_saved_model, digits):
-    served = load_served_model(trained_saved_model)
+    served = open_model(trained_saved_model)
     images, labels = digits.test_images[:120], digits.test_labels[:120]
     fgsm = adversarial.attack_accuracy(served.logits, images, labels, [0, 8, 24, 64], "fgsm")
     assert fgsm[0.0] > 0.85  # trained: the attack has something to lower
@@ -234,7 +234,7 @@ def test_baseline_against_itself_has_mce_100_and_report_is_written(
 
 
 def test_a_signature_without_gradient_is_refused_for_attacks(trained_saved_model, digits, tmp_path):
-    served = load_served_model(trained_saved_model, signature="serve_images_float")
+    served = open_model(trained_saved_model, signature="serve_images_float")
     assert not served.differentiable  # rounds to uint8 before the model
     with pytest.raises(ConfigError, match="cannot be attacked"):
         robustness_report(

@@ -238,12 +238,13 @@ def test_serve_endpoint_unchanged_for_its_consumers(small, rng):
     assert spec["images"].dtype == tf.float32
     assert list(serve.structured_outputs) == ["output_0"]
     np.testing.assert_allclose(load_saved_model(path)(x), expected, atol=1e-5)
-    # training/trainer.py load_teacher_checkpoint and labeling/shards.py load_teacher.
+    # models/artifact.py open_model, for training/trainer.py load_teacher_checkpoint and
+    # labeling/shards.py load_teacher.
     layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
     np.testing.assert_allclose(layer(x), expected, atol=1e-5)
     teacher = load_teacher(path)
     assert teacher.image_size == 32
-    np.testing.assert_allclose(teacher.logits_fn(tf.constant(x)), expected, atol=1e-5)
+    np.testing.assert_allclose(teacher.logits(tf.constant(x)), expected, atol=1e-5)
 
 
 def test_large_image_path_center_crops_any_size(tmp_path, rng):

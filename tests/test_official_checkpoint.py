@@ -29,6 +29,7 @@ from noisy_student_tf.models import (
 )
 from noisy_student_tf.models import efficientnet as en
 from noisy_student_tf.models import official_checkpoint as oc
+from noisy_student_tf.models.artifact import fingerprint
 
 BN = "tpu_batch_normalization"
 EMA = "/ExponentialMovingAverage"
@@ -302,9 +303,9 @@ def test_paths_and_labeling_teacher(b0, tmp_path):
     teacher = shards.load_teacher(b0["prefix"])
     assert teacher.image_size == 224
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(teacher.logits_fn(tf.constant(b0["images"]))),
+        keras.ops.convert_to_numpy(teacher.logits(tf.constant(b0["images"]))),
         b0["ema_logits"],
         atol=1e-5,
         rtol=1e-5,
     )
-    assert shards.teacher_fingerprint(b0["folder"]) == shards.teacher_fingerprint(str(moved))
+    assert fingerprint(b0["folder"]) == fingerprint(str(moved))

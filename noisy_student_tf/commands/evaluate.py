@@ -1,4 +1,4 @@
-r"""Evaluate SavedModels: accuracy, calibration, corruptions, flips, FGSM/PGD.
+r"""Evaluate models: accuracy, calibration, corruptions, flips, FGSM/PGD.
 
   noisy-student-evaluate --model=WORKDIR/saved_model --data=/data/digits_test \
       --output_dir=/tmp/eval
@@ -8,7 +8,8 @@ r"""Evaluate SavedModels: accuracy, calibration, corruptions, flips, FGSM/PGD.
       --tfds_data_dir=/data/tfds --tfds_corrupted=cifar10_corrupted --output_dir=/tmp/eval
 
 Any SavedModel with a signature from float32 pixels [B, H, W, 3] in 0-255 to
-logits works (docs/evaluation.md); only TensorFlow runs it. Writes
+logits works (docs/evaluation.md); only TensorFlow runs it. So does any other
+model file `models.open_model` opens (a loop's `.keras` checkpoint, ...). Writes
 OUTPUT_DIR/report.json, robustness.png and per-model reliability and
 confusion plots, and prints a table.
 From a clone, `python tools/evaluate.py` takes the same flags. `--version`
@@ -19,16 +20,18 @@ from absl import flags
 
 from noisy_student_tf import cli
 from noisy_student_tf.evaluation import adversarial, corruptions, datasets, perturbations, report
-from noisy_student_tf.evaluation.served import load_served_model
+from noisy_student_tf.models import open_model
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("model", None, "SavedModel folder(s), comma-separated.", required=True)
+flags.DEFINE_list(
+    "model", None, "SavedModel folder(s) or other model files, comma-separated.", required=True
+)
 flags.DEFINE_list("names", [], "Names for the models in the table (default: folder names).")
 flags.DEFINE_string(
     "data", None, "Folder/glob of TFRecord shards, or tfds:NAME:SPLIT.", required=True
 )
 flags.DEFINE_string("output_dir", None, "Where report.json and plots go.", required=True)
-flags.DEFINE_string("baseline", "", "SavedModel whose corruption errors normalise mCE and mFR.")
+flags.DEFINE_string("baseline", "", "Model whose corruption errors normalise mCE and mFR.")
 flags.DEFINE_integer(
     "max_examples", -1, "Seeded sample size; 0 = all; -1 = 200 on CPU, all with a GPU/TPU."
 )
@@ -83,14 +86,14 @@ def main(argv):
     severities = _numbers("severities", FLAGS.severities, int)
     loaded = {}
 
-    def load(path, name):
+    def load(path, name, setting="--model"):
         if path not in loaded:
-            loaded[path] = load_served_model(path, FLAGS.signature)
+            loaded[path] = open_model(path, signature=FLAGS.signature, setting=setting)
         served = loaded[path]
         return served.renamed(name or served.name)
 
     models = [load(p, n) for p, n in zip(FLAGS.model, names)]
-    baseline = load(FLAGS.baseline, "baseline") if FLAGS.baseline else None
+    baseline = load(FLAGS.baseline, "baseline", "--baseline") if FLAGS.baseline else None
     sizes = {m.image_size for m in models + [baseline] if m is not None and m.image_size}
     if len(sizes) > 1:
         raise cli.ConfigError(

@@ -13,7 +13,6 @@ pipeline with "truncated record at 1234".
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 import time
@@ -24,8 +23,12 @@ import tensorflow as tf
 
 from noisy_student_tf.errors import ConfigError
 
+# The JSON manifests beside the shards are read and written by manifests.py
+# (atomic writes, settings compared on rerun); these names are its, kept here
+# for the shard tools that import them with the rest of this module.
+from noisy_student_tf.manifests import TMP_MARK, read_json, write_json  # noqa: F401
+
 SUFFIX = ".tfrecord"
-TMP_MARK = ".tmp-"  # PATH.tmp-<random>: a shard being written
 
 
 def shard_name(prefix: str, index: int, num_shards: int) -> str:
@@ -262,20 +265,6 @@ def remove_stale_temporaries(output_path: str) -> None:
     """Deletes `output_path.tmp-*` left by a killed writer."""
     for stale in tf.io.gfile.glob(f"{output_path}{TMP_MARK}*"):
         tf.io.gfile.remove(stale)
-
-
-def write_json(path: str, payload: dict) -> str:
-    """Writes JSON atomically (temp name, then rename)."""
-    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-    return path
-
-
-def read_json(path: str) -> dict:
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
 
 
 def content_digest(array) -> str:

@@ -1,10 +1,9 @@
 """Accuracy on clean test images; SavedModel export with serving signatures (docs/serving.md);
-robustness reports of SavedModels (docs/evaluation.md)."""
+robustness reports of any model artifact (docs/evaluation.md)."""
 
 from noisy_student_tf.evaluation.accuracy import agreement, agreement_over_batches, top1_accuracy
 from noisy_student_tf.evaluation.export import export_saved_model, load_saved_model
 from noisy_student_tf.evaluation.report import evaluate_models, robustness_report, sample_images
-from noisy_student_tf.evaluation.served import ServedModel, as_served_model, load_served_model
 
 __all__ = [
     "agreement",
@@ -15,7 +14,4 @@ __all__ = [
     "evaluate_models",
     "robustness_report",
     "sample_images",
-    "ServedModel",
-    "as_served_model",
-    "load_served_model",
 ]

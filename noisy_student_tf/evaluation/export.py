@@ -38,11 +38,11 @@ import sys
 from collections.abc import Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from noisy_student_tf.data.preprocess import eval_preprocess, eval_resize_of
 from noisy_student_tf.errors import ConfigError
+from noisy_student_tf.models.artifact import open_model
 
 # Top-5 is the second accuracy the paper reports on ImageNet (Table 2).
 TOP_K = 5
@@ -218,18 +218,8 @@ def _bind_saved_model_api() -> None:
 def load_saved_model(path: str):
     """Returns a callable images -> logits numpy from an exported SavedModel.
 
-    Uses the `serve` signature: float32 pixels at the model's size, no
-    preprocessing (the caller's images are already the evaluation view).
+    Uses the `serve` signature (through `models.open_model`): float32 pixels
+    at the model's size, no preprocessing (the caller's images are already
+    the evaluation view).
     """
-    loaded = tf.saved_model.load(path)
-    serve = loaded.signatures["serve"]
-
-    def predict(images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), batch_size):
-            batch = tf.convert_to_tensor(images[start : start + batch_size], tf.float32)
-            result = serve(batch)
-            out.append(next(iter(result.values())).numpy())
-        return np.concatenate(out)
-
-    return predict
+    return open_model(path, signature="serve").predict

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.evaluation import adversarial, corruptions, metrics, perturbations, plots
-from noisy_student_tf.evaluation.served import as_served_model
+from noisy_student_tf.models.artifact import as_artifact
 
 CPU_SAMPLE = 200  # images per report when no accelerator is present (minutes, not hours)
 
@@ -78,8 +78,8 @@ def evaluate_models(
     """Evaluates `models` side by side; writes report.json and plots into `output_dir`.
 
     Args:
-      models: SavedModel paths, Keras models or ServedModels (the first one's
-        numbers are also the report's top-level keys).
+      models: model paths (`models.open_model`), Keras models or ModelArtifacts
+        (the first one's numbers are also the report's top-level keys).
       images: uint8 [N, S, S, 3], already in the evaluation view.
       labels: int [N].
       output_dir: created if needed.
@@ -159,14 +159,14 @@ def evaluate_models(
 
 def _served_models(models, baseline, images: np.ndarray, eps: list):
     """(served models, served baseline or None), checked against the images and attacks."""
-    served = [as_served_model(m) for m in models]
+    served = [as_artifact(m) for m in models]
     if not served:
         raise ConfigError("no model to evaluate; give at least one --model")
     names = [m.name for m in served]
     if len(set(names)) != len(names):  # two runs' saved_model folders share a basename
         for i, m in enumerate(served):
             m.name = f"{i}:{m.name}"
-    base = as_served_model(baseline, name="baseline") if baseline is not None else None
+    base = as_artifact(baseline, name="baseline") if baseline is not None else None
     everyone = served + ([base] if base is not None else [])
     for m in everyone:
         _check_size(m, images)
@@ -408,7 +408,7 @@ def robustness_report(
     """The report of one model on a seeded sample of in-memory images (the loop's hook).
 
     Args:
-      model_or_saved_model_dir: a Keras model, SavedModel folder or ServedModel.
+      model_or_saved_model_dir: a Keras model, model file or folder, or ModelArtifact.
       images, labels: uint8 [N, S, S, 3] at the model's size, int [N].
       output_dir: where report.json and the plots go.
       sample: evaluate this many images, picked with `seed`; None:

@@ -50,6 +50,7 @@ from absl import logging
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
+from noisy_student_tf import manifests
 from noisy_student_tf.data import records
 from noisy_student_tf.labeling import beam_runner, shards
 
@@ -190,7 +191,7 @@ class _WriteShard(beam.DoFn):
             "engine": "beam",
             **self._fields,
         }
-        records.write_json(out_path + shards.MANIFEST_SUFFIX, manifest)
+        manifests.write_json(out_path + shards.MANIFEST_SUFFIX, manifest)
         yield shard, labeled
 
 

@@ -14,7 +14,8 @@ is skipped on rerun, so a killed job resumes where it stopped with no
 duplicated or missing records. A complete shard labeled with other settings
 (another teacher by content, soft/hard, temperature, top-k) is never reused
 silently: the rerun stops with a ConfigError naming the setting, or, with
-`overwrite=True`, relabels that shard.
+`overwrite=True`, relabels that shard. The comparison and its error are
+noisy_student_tf/manifests.py's, as for the loop's stage manifests.
 
 Bad records vs faults: a record that fails to parse or whose image fails to
 decode is skipped and counted by reason. A read fault (a corrupted or
@@ -28,22 +29,19 @@ filter threshold (0.3 in the paper) means the same whatever the temperature.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import os
-from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from noisy_student_tf import manifests
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.predict import softmax
 from noisy_student_tf.labeling.targets import pseudo_targets
-from noisy_student_tf.models import official_checkpoint
-from noisy_student_tf.models.checkpoint import is_keras_applications_weights, load_checkpoint
+from noisy_student_tf.models.artifact import ModelArtifact, fingerprint, open_model
 
 MANIFEST_SUFFIX = ".manifest.json"
 # Settings that change the stored labels; a complete shard is reused only if
@@ -52,26 +50,14 @@ MANIFEST_SUFFIX = ".manifest.json"
 # requested input side (None: the teacher's own), which changes the labels of
 # a teacher built at a chosen size (official or keras.applications weights).
 COMPARED_SETTINGS = ("teacher_fingerprint", "soft", "temperature", "topk", "teacher_image_size")
-_HASH_CHUNK = 8 << 20
 # Batches decoded at once. Measured on 8,000 32-px PNGs (2 busy CPU cores, best
 # of 3): one (flat_map) 4.4k images/s, four 7.9k, the former single
 # ignore_errors stream (which hid read faults) 8.3k.
 DECODE_BATCHES_IN_FLIGHT = 4
 
 
-@dataclasses.dataclass
-class Teacher:
-    """A loaded teacher: float32 pixels [B, S, S, 3] in [0, 255] -> logits [B, C]."""
-
-    logits_fn: Callable[[tf.Tensor], tf.Tensor]
-    image_size: int
-    description: str
-
-
-def load_teacher(path: str, image_size: int | None = None) -> Teacher:
-    """Loads a `.keras` checkpoint (training loop), an exported SavedModel dir,
-    an official TF1 EfficientNet checkpoint (prefix or folder) or a
-    keras.applications EfficientNet weights file (`.h5`, `.weights.h5`).
+def load_teacher(path: str, image_size: int | None = None) -> ModelArtifact:
+    """Opens `--teacher` (any artifact `models.open_model` takes) for labeling.
 
     Call it inside `strategy.scope()` to place the variables on the replicas.
 
@@ -80,81 +66,16 @@ def load_teacher(path: str, image_size: int | None = None) -> Teacher:
         keras.applications); None keeps the variant's default resolution. A
         `.keras` file or SavedModel has its own, which must then equal it.
     """
-    teacher = _load_teacher(path, image_size)
-    if image_size and teacher.image_size != image_size:
-        raise ConfigError(
-            f"--image_size={image_size} but the teacher {path!r} takes "
-            f"{teacher.image_size}x{teacher.image_size} images (leave --image_size unset)"
-        )
+    teacher = open_model(path, image_size, setting="--teacher")
+    teacher.check_fits(image_size, size_from="--image_size; leave it unset")
+    if teacher.image_size is None:  # a SavedModel signature of any size: ours to choose
+        if not image_size:
+            raise ConfigError(f"{teacher.where} takes images of any size; set --image_size")
+        teacher.image_size = image_size
     return teacher
 
 
-def _load_teacher(path: str, image_size: int | None) -> Teacher:
-    official = official_checkpoint.is_official_checkpoint(path)
-    if tf.io.gfile.isdir(path) and not official:
-        if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-            raise FileNotFoundError(f"--teacher {path!r} is a folder without saved_model.pb")
-        loaded = tf.saved_model.load(path)
-        if "serve" not in loaded.signatures:
-            raise ConfigError(
-                f"--teacher SavedModel {path!r} has no 'serve' signature "
-                f"(has {sorted(loaded.signatures)}); export it with "
-                "noisy_student_tf.evaluation.export.export_saved_model"
-            )
-        serve = loaded.signatures["serve"]
-        spec = next(iter(serve.structured_input_signature[1].values()))
-
-        def logits_fn(images):
-            return next(iter(serve(images).values()))
-
-        teacher = Teacher(logits_fn, int(spec.shape[1]), f"SavedModel {path}")
-        teacher.loaded = loaded  # keeps the variables alive
-        return teacher
-    if not official and not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"--teacher {path!r} does not exist")
-    if not (official or path.endswith(".keras") or is_keras_applications_weights(path)):
-        raise ConfigError(
-            f"--teacher {path!r} is neither a .keras file, a SavedModel folder, a "
-            "keras.applications EfficientNet weights file (.h5, .weights.h5) nor an official "
-            "TF1 checkpoint (a prefix with a .index file, or a folder with 'checkpoint')"
-        )
-    model = load_checkpoint(path, image_size=image_size)
-    return Teacher(
-        lambda images: model(images, training=False),
-        int(model.input_shape[1]),
-        f"{model.name} from {path}",
-    )
-
-
-def teacher_fingerprint(path: str) -> str:
-    """`sha256:HEX` of a teacher's content, to tell whether shards share a teacher.
-
-    A `.keras` file is hashed whole (a few seconds for EfficientNet-L2). For a
-    SavedModel folder the graph (`saved_model.pb`) and the variables index are
-    hashed: the index holds each tensor's checksum, so it changes with the
-    weights without reading them.
-    """
-    if official_checkpoint.is_official_checkpoint(path):  # the index holds tensor checksums
-        parts = [official_checkpoint.checkpoint_prefix(path) + ".index"]
-    elif tf.io.gfile.isdir(path):
-        parts = [
-            os.path.join(path, "saved_model.pb"),
-            os.path.join(path, "variables", "variables.index"),
-        ]
-        parts = [p for p in parts if tf.io.gfile.exists(p)]
-    else:
-        parts = [path]
-    if not parts or not all(tf.io.gfile.exists(p) for p in parts):
-        raise FileNotFoundError(f"--teacher {path!r} does not exist")
-    digest = hashlib.sha256()
-    for part in parts:
-        with tf.io.gfile.GFile(part, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
-
-
-def make_predict(teacher: Teacher, strategy: tf.distribute.Strategy):
+def make_predict(teacher: ModelArtifact, strategy: tf.distribute.Strategy):
     """Returns numpy uint8 [B, S, S, 3] -> numpy float32 logits [B, C].
 
     With several replicas the batch is padded to a multiple of their count
@@ -163,7 +84,7 @@ def make_predict(teacher: Teacher, strategy: tf.distribute.Strategy):
     """
     size = teacher.image_size
     step = tf.function(
-        lambda x: teacher.logits_fn(tf.cast(x, tf.float32)),
+        teacher.logits,
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
     )
     replicas = strategy.num_replicas_in_sync
@@ -172,7 +93,7 @@ def make_predict(teacher: Teacher, strategy: tf.distribute.Strategy):
 
     @tf.function(reduce_retracing=True)
     def distributed_step(values):
-        return strategy.run(lambda x: teacher.logits_fn(tf.cast(x, tf.float32)), args=(values,))
+        return strategy.run(teacher.logits, args=(values,))
 
     def predict(images):
         count = len(images)
@@ -379,7 +300,7 @@ def labeling_settings(
     """The settings recorded in every shard manifest (COMPARED_SETTINGS and the path)."""
     return {
         "teacher": teacher_path,
-        "teacher_fingerprint": teacher_fingerprint(teacher_path),
+        "teacher_fingerprint": fingerprint(teacher_path, "--teacher"),
         "soft": bool(soft),
         # Hard labels do not depend on the temperature, so it is not recorded.
         "temperature": float(temperature) if soft else None,
@@ -421,7 +342,7 @@ def plan(outputs: list[str], mine: list[int], settings: dict, overwrite: bool) -
     return todo
 
 
-def derived_settings(teacher: Teacher, predict) -> dict:
+def derived_settings(teacher: ModelArtifact, predict) -> dict:
     """What the manifests record about the loaded teacher (not compared on rerun)."""
     size = teacher.image_size
     num_classes = int(predict(np.zeros((1, size, size, 3), np.uint8)).shape[-1])
@@ -505,7 +426,7 @@ def label_shards(
                 topk,
                 progbar,
             )
-            records.write_json(outputs[i] + MANIFEST_SUFFIX, {**manifest, **settings, **derived})
+            manifests.write_json(outputs[i] + MANIFEST_SUFFIX, {**manifest, **settings, **derived})
     return write_summary(output_dir, outputs, timer.elapsed())
 
 
@@ -514,39 +435,31 @@ def _is_complete(output: str) -> bool:
 
 
 def _differences(old: dict, new: dict) -> list[str]:
-    """'name: old -> new' for every compared setting that differs."""
-    diffs = []
-    for name in COMPARED_SETTINGS:
-        before, after = old.get(name), new.get(name)
-        if before == after:
-            continue
-        if name == "teacher_fingerprint":
-            diffs.append(
-                f"teacher: {old.get('teacher', '?')!r} ({before or 'no fingerprint'}) -> "
-                f"{new['teacher']!r} ({after})"
-            )
-        else:
-            diffs.append(f"{name}: {before!r} -> {after!r}")
-    return diffs
+    """'name: old -> new' for every compared setting that differs (the teacher by content)."""
+    return manifests.differences(old, new, COMPARED_SETTINGS, {"teacher_fingerprint": "teacher"})
 
 
 def _check_settings(outputs: list[str], settings: dict, overwrite: bool) -> set[str]:
     """The complete shards among `outputs` labeled with other settings.
 
     Raises:
-      ConfigError: there are some and `overwrite` is False.
+      OtherSettingsError: there are some and `overwrite` is False.
     """
     stale = {}
     for output in outputs:
-        diffs = _differences(records.read_json(output + MANIFEST_SUFFIX), settings)
+        diffs = _differences(manifests.read_json(output + MANIFEST_SUFFIX), settings)
         if diffs:
             stale[output] = diffs
     if stale and not overwrite:
         first, diffs = next(iter(stale.items()))
-        raise ConfigError(
-            f"{len(stale)} complete shard(s) in {os.path.dirname(first)!r} were labeled with "
-            f"other settings, e.g. {os.path.basename(first)}: {'; '.join(diffs)} (old -> new); "
-            "pass --overwrite to relabel them, or choose another --output_dir"
+        others = f" and {len(stale) - 1} more complete shard(s)" if len(stale) > 1 else ""
+        raise manifests.OtherSettingsError(
+            os.path.basename(first) + others,
+            os.path.dirname(first),
+            "were labeled" if others else "was labeled",
+            diffs,
+            f"Pass --overwrite to relabel {'them' if others else 'it'}, or choose another "
+            "--output_dir",
         )
     for output, diffs in stale.items():
         logging.info("relabeling %s: %s", output, "; ".join(diffs))
@@ -560,7 +473,7 @@ def write_summary(output_dir: str, outputs: list[str], elapsed_s: float) -> dict
     settings (a job array whose jobs disagree is caught here).
     """
     done = [
-        records.read_json(p + MANIFEST_SUFFIX)
+        manifests.read_json(p + MANIFEST_SUFFIX)
         for p in outputs
         if tf.io.gfile.exists(p + MANIFEST_SUFFIX)
     ]
@@ -585,5 +498,5 @@ def write_summary(output_dir: str, outputs: list[str], elapsed_s: float) -> dict
         "settings": {k: done[0].get(k) for k in keys} if done and not mixed else {},
         "elapsed_s_this_job": elapsed_s,
     }
-    records.write_json(os.path.join(output_dir, "manifest.json"), summary)
+    manifests.write_json(os.path.join(output_dir, "manifest.json"), summary)
     return summary

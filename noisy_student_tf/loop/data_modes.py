@@ -41,7 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from noisy_student_tf import evaluation, labeling
+from noisy_student_tf import evaluation, labeling, manifests
 from noisy_student_tf.data import records, schema, sources
 from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
 from noisy_student_tf.errors import ConfigError
@@ -93,7 +93,7 @@ def write_pool_labels(path: str, keys, labels, probs: np.ndarray) -> None:
     """
     buffer = io.BytesIO()
     np.savez(buffer, key=np.asarray(keys, object).astype(bytes), label=labels, probs=probs)
-    stages.write_file(path, buffer.getvalue())
+    manifests.write_file(path, buffer.getvalue())
 
 
 def read_pool_labels(path: str) -> dict:
@@ -249,10 +249,11 @@ class RecordPool:
         """(labels, their teacher's fingerprint) made before the run (`data.pseudo_labeled`)."""
         if not self.given_folder:
             return None, ""
-        from noisy_student_tf.labeling.shards import teacher_fingerprint
+        from noisy_student_tf.models.artifact import fingerprint as content_fingerprint
 
         # Names a folder without a manifest or without kept records first.
-        fingerprint = teacher_fingerprint(records.filter_balance_manifest(self.given_folder))
+        manifest = records.filter_balance_manifest(self.given_folder)
+        fingerprint = content_fingerprint(manifest, "data.pseudo_labeled")
         return PoolLabels(None, float("nan"), self.given_folder), fingerprint
 
     def label_pool(self, model, model_path: str, fingerprint: str, iteration: int):

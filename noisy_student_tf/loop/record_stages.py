@@ -68,7 +68,7 @@ def label(
 
     Args:
       teacher_path: the checkpoint (`.keras`, SavedModel or official TF1).
-      fingerprint: its content hash (labeling.shards.teacher_fingerprint).
+      fingerprint: its content hash (models.artifact.fingerprint).
       pseudo: the config's `pseudo` block (soft, temperature, topk).
       spec: the unlabeled set's config value, recorded in the stage manifest.
     """

@@ -13,9 +13,7 @@ import io
 import math
 import os
 
-import tensorflow as tf
-
-from noisy_student_tf.loop import stages
+from noisy_student_tf import manifests
 
 
 def _percent(value, width: int) -> str:
@@ -76,7 +74,7 @@ def plot(rows: list, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    stages.write_file(path, buffer.getvalue())  # the workdir may be a bucket
+    manifests.write_file(path, buffer.getvalue())  # the workdir may be a bucket
 
 
 def robustness(config, sets, data, trained: list, workdir: str) -> dict:
@@ -95,6 +93,7 @@ def robustness(config, sets, data, trained: list, workdir: str) -> dict:
 
     from noisy_student_tf import evaluation
     from noisy_student_tf.evaluation import corruptions, datasets
+    from noisy_student_tf.models import open_model
 
     settings = config.evaluate
     if sets.streamed:
@@ -110,7 +109,7 @@ def robustness(config, sets, data, trained: list, workdir: str) -> dict:
         images, labels = evaluation.sample_images(
             data.test_images, data.test_labels, settings.sample, config.seed
         )
-    models = [evaluation.as_served_model(_load(path), name=name) for name, path in trained]
+    models = [open_model(path, name=name) for name, path in trained]
     report = evaluation.evaluate_models(
         models,
         images,
@@ -126,12 +125,3 @@ def robustness(config, sets, data, trained: list, workdir: str) -> dict:
     )
     keys = ("top1", "ece", "corruption_mean", "mce", "mfr", "fgsm", "pgd")
     return {r["name"]: {k: r.get(k) for k in keys} for r in report["models"]}
-
-
-def _load(path: str):
-    """A SavedModel folder as it is; a `.keras` checkpoint through the one loader."""
-    from noisy_student_tf.models import load_checkpoint
-
-    if tf.io.gfile.isdir(path):
-        return path
-    return load_checkpoint(path)

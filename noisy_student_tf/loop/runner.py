@@ -39,13 +39,14 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from noisy_student_tf import evaluation
+from noisy_student_tf import evaluation, manifests
 from noisy_student_tf.data import sources
 from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.loop import data_modes, stages
 from noisy_student_tf.loop.config_checks import validate_config
 from noisy_student_tf.loop.results import format_table, plot, robustness
+from noisy_student_tf.models.artifact import fingerprint
 from noisy_student_tf.training import fine_tune, precision
 from noisy_student_tf.training.strategy import get_strategy
 from noisy_student_tf.training.trainer import (
@@ -92,7 +93,7 @@ def run(
             model, path, wall = stages.train_model(
                 config, strategy, sets, workdir, iteration, learned_from, source, model
             )
-            learned_from = _fingerprint(path)
+            learned_from = fingerprint(path)
         model_config = config.teacher if iteration == 0 else config.student
         row = _row(config, iteration, model, loaded, wall, sets.model_size(model_config))
         # Evaluate it, at its own size.
@@ -130,7 +131,7 @@ def _start(config, workdir: str, data, strategy):
     if not strategy.extended.should_checkpoint:
         workdir = _scratch_dir(workdir, strategy)
     tf.io.gfile.makedirs(workdir)
-    stages.write_file(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    manifests.write_file(os.path.join(workdir, "config.json"), config.to_json(indent=2))
     keras.utils.set_random_seed(config.seed)
     if config.get("deterministic"):
         # Bit-identical reruns: deterministic kernels (slower; see README).
@@ -178,12 +179,6 @@ def _check_models(config, sets, pool):
     return loaded
 
 
-def _fingerprint(path: str) -> str:
-    from noisy_student_tf.labeling.shards import teacher_fingerprint
-
-    return teacher_fingerprint(path)
-
-
 def _name(iteration: int) -> str:
     return "teacher" if iteration == 0 else f"student {iteration}"
 
@@ -228,7 +223,7 @@ def _fill_counts(row: dict, labels: data_modes.PoolLabels, workdir: str, iterati
     row["dropped"] = summary["in"] - summary["kept_unique"]
     row["dropped_below_threshold"] = summary["dropped_below_threshold"]
     path = os.path.join(workdir, f"iteration_{iteration}_selection.json")
-    stages.write_file(path, json.dumps(summary, indent=1))
+    manifests.write_file(path, json.dumps(summary, indent=1))
 
 
 def _finish(config, workdir: str, rows, trained, model, sets, data) -> dict:
@@ -243,7 +238,7 @@ def _finish(config, workdir: str, rows, trained, model, sets, data) -> dict:
     results = {"models": rows, "config": config.to_dict()}
     if config.get("evaluate") is not None and config.evaluate.robustness:
         results["robustness"] = robustness(config, sets, data, trained, workdir)
-    stages.write_file(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+    manifests.write_file(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     return results
 
 

@@ -12,8 +12,9 @@ rerun with the same --workdir then
   * and stops with a ConfigError naming every differing key otherwise: an
     output made with other settings is never reused silently.
 
-The manifests are written atomically (temp + rename, data/records.py), so a
-kill leaves either the old manifest or the new one.
+The manifests are read, compared and written (atomically: temp + rename) by
+noisy_student_tf/manifests.py, as the labeling's per-shard manifests are, so
+a kill leaves either the old manifest or the new one.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 
 import tensorflow as tf
 
-from noisy_student_tf.data import records
-from noisy_student_tf.errors import ConfigError
+from noisy_student_tf import manifests
 
 # Config keys that change how a run executes but not what it computes, so a
 # run resumed with other values reuses its outputs (e.g. more iterations, or
@@ -42,19 +41,6 @@ EXECUTION_KEYS = (
     "train.eval_batch_size",
     "train.save_every_steps",
 )
-
-
-def write_file(path: str, content: str | bytes) -> None:
-    """Writes a workdir file atomically through tf.io.gfile (temp name, then rename).
-
-    A kill leaves the old file or the new one, and an existing file is
-    replaced whole (TF's `ram://` filesystem, for one, does not truncate a
-    file reopened for writing).
-    """
-    tmp = f"{path}{records.TMP_MARK}{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "wb" if isinstance(content, bytes) else "w") as f:
-        f.write(content)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def flat_settings(config, exclude_blocks: tuple = ()) -> dict:
@@ -81,18 +67,6 @@ def flat_settings(config, exclude_blocks: tuple = ()) -> dict:
     return {k: v for k, v in flat.items() if k not in EXECUTION_KEYS}
 
 
-def differences(old: dict, new: dict) -> list[str]:
-    """'key: old -> new' for every key whose value differs (or is only on one side)."""
-    missing = object()
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        before, after = old.get(key, missing), new.get(key, missing)
-        if before != after:
-            shown = ["(absent)" if v is missing else repr(v) for v in (before, after)]
-            diffs.append(f"{key}: {shown[0]} -> {shown[1]}")
-    return diffs
-
-
 class Stage:
     """The manifest of one stage at `path` (a JSON file in --workdir).
 
@@ -109,22 +83,20 @@ class Stage:
     def __init__(self, path: str, name: str):
         self.path = path
         self.name = name
-        self.manifest = records.read_json(path) if tf.io.gfile.exists(path) else None
+        self.manifest = manifests.read(path)
 
     def check(self, settings: dict) -> None:
-        """Raises ConfigError if the stage ran (or started) with other settings."""
+        """Raises OtherSettingsError if the stage ran (or started) with other settings."""
         if self.manifest is None:
             return
-        diffs = differences(self.manifest["settings"], settings)
+        diffs = manifests.differences(self.manifest["settings"], settings)
         if diffs:
-            state = "made" if self.manifest.get("complete") else "started"
-            shown = "; ".join(diffs[:5]) + (
-                f"; and {len(diffs) - 5} more" if len(diffs) > 5 else ""
-            )
-            raise ConfigError(
-                f"{self.name} in {os.path.dirname(self.path) or '.'} was {state} with other "
-                f"settings ({shown}; old -> new). Rerun with the old settings to reuse or "
-                "resume it, or choose another --workdir"
+            raise manifests.OtherSettingsError(
+                self.name,
+                os.path.dirname(self.path) or ".",
+                "was made" if self.manifest.get("complete") else "was started",
+                diffs,
+                "Rerun with the old settings to reuse or resume it, or choose another --workdir",
             )
 
     def complete(self, settings: dict) -> bool:
@@ -137,12 +109,12 @@ class Stage:
         self.check(settings)
         self.manifest = {"stage": self.name, "settings": settings, "complete": False}
         tf.io.gfile.makedirs(os.path.dirname(self.path) or ".")
-        records.write_json(self.path, self.manifest)
+        manifests.write_json(self.path, self.manifest)
 
     def finish(self, results: dict) -> None:
         """Marks the stage complete with its results; the last write of the stage."""
         self.manifest = {**self.manifest, **results, "complete": True}
-        records.write_json(self.path, self.manifest)
+        manifests.write_json(self.path, self.manifest)
 
 
 # The stages that make a model. Each reads its inputs from and writes its
@@ -163,9 +135,10 @@ def model_settings(config, iteration: int, learned_from: str) -> dict:
     role = "teacher" if iteration == 0 else "student"
     warm = config[role].get("init_checkpoint", "")
     if warm:
-        from noisy_student_tf.labeling.shards import teacher_fingerprint
+        from noisy_student_tf.models.artifact import fingerprint
 
-        settings[f"{role}.init_checkpoint_fingerprint"] = teacher_fingerprint(warm)
+        key = f"{role}.init_checkpoint"
+        settings[f"{key}_fingerprint"] = fingerprint(warm, key)
     return settings
 
 
@@ -246,10 +219,9 @@ def keep_loaded_teacher(model, loaded_from: str, workdir: str) -> tuple[str, str
     iteration_0_teacher.keras (a rerun keeps that file, so its fingerprint,
     which the later stages were made with, stays the same).
     """
-    from noisy_student_tf.labeling.shards import teacher_fingerprint
-    from noisy_student_tf.training.trainer import is_saved_model
+    from noisy_student_tf.models.artifact import fingerprint, is_saved_model
 
-    source = teacher_fingerprint(loaded_from)
+    source = fingerprint(loaded_from, "teacher_checkpoint")
     if is_saved_model(loaded_from):
         return loaded_from, source
     stem = model_stem(workdir, 0)
@@ -259,7 +231,7 @@ def keep_loaded_teacher(model, loaded_from: str, workdir: str) -> tuple[str, str
         stage.start(settings)
         model.save(stem + ".keras")
         stage.finish({"wall_s": 0.0})
-    return stem + ".keras", teacher_fingerprint(stem + ".keras")
+    return stem + ".keras", fingerprint(stem + ".keras")
 
 
 def fine_tune_model(config, strategy, sets, student, learned_from: str, workdir: str):

@@ -17,7 +17,7 @@ transfer is by layer name. Two things need care:
 
 `build_from_keras_applications_file` builds the project model for a weights
 file alone (the `.h5` that `EfficientNetBx(weights="imagenet")` downloads, or
-one `save_weights` wrote), which is how `load_checkpoint`, and through it
+one `save_weights` wrote), which is how `artifact.open_model`, and through it
 `tools/label.py --teacher` and the loop's `teacher_checkpoint`, take such a
 file. Keras 3's `.weights.h5` names its groups by layer class
 (`layers/conv2d_12/vars/0`), not by layer name, so the variant is read from
@@ -133,7 +133,7 @@ def _source_model(model, source):
     if not os.path.exists(path):
         raise ValueError(f"Weights file {path!r} does not exist.")
     if path.endswith(".keras"):
-        # Not checkpoint.load_checkpoint, which imports this module; the custom
+        # Not artifact.open_model, which imports this module; the custom
         # layers are registered by the efficientnet import above.
         return keras.models.load_model(path, compile=False), True
     has_top, classes = _file_head(path)

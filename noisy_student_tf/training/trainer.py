@@ -12,7 +12,6 @@ loading a `teacher_checkpoint` and the equal-or-larger student rule.
 from __future__ import annotations
 
 import math
-import os
 
 import keras
 import numpy as np
@@ -21,7 +20,8 @@ import tensorflow as tf
 from noisy_student_tf.data import pipeline
 from noisy_student_tf.data import preprocess as preprocessing
 from noisy_student_tf.errors import ConfigError
-from noisy_student_tf.models import build_efficientnet, load_checkpoint
+from noisy_student_tf.models import build_efficientnet, load_checkpoint, open_model
+from noisy_student_tf.models.artifact import is_saved_model
 from noisy_student_tf.training import fine_tune, precision, progress, resume
 from noisy_student_tf.training.noisy_student import NoisyStudent
 from noisy_student_tf.training.optimization import build_optimizer
@@ -30,7 +30,6 @@ __all__ = [
     "build_model",
     "check_student_size",
     "describe",
-    "is_saved_model",
     "load_init_checkpoint",
     "load_teacher_checkpoint",
     "train_one",
@@ -68,41 +67,25 @@ def build_model(
     )
 
 
-def is_saved_model(path: str) -> bool:
-    return tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
-
-
 def load_teacher_checkpoint(
     path: str, image_size: int, num_classes: int | None = None
 ) -> keras.Model:
-    """`teacher_checkpoint`: `.keras`, exported SavedModel, official or keras.applications `.h5`.
+    """`teacher_checkpoint`: any artifact `models.open_model` takes, as a Keras model.
 
     Lets ablations share one teacher and a run start from a teacher trained
-    elsewhere. A SavedModel (evaluation.export_saved_model's `serve`
-    endpoint) is wrapped as a Keras model so it can label, be evaluated and
-    act as an online teacher like a trained one. Its input size and, given
-    `num_classes`, its class count are checked here, right after loading:
-    a mismatch otherwise surfaces only when the student trains on its labels.
+    elsewhere. A SavedModel becomes a Keras model around its signature, so it
+    can label, be evaluated and act as an online teacher like a trained one.
+    Its input size and, given `num_classes`, its class count are checked
+    here, right after loading: a mismatch otherwise surfaces only when the
+    student trains on its labels.
     """
-    if is_saved_model(path):
-        endpoint = keras.layers.TFSMLayer(path, call_endpoint="serve")
-        inputs = keras.Input((image_size, image_size, 3), name="images")
-        model = keras.Model(inputs, endpoint(inputs), name="saved_model_teacher")
-    else:  # .keras, or an official / keras.applications checkpoint built at the data's size
-        model = load_checkpoint(path, image_size=image_size)
-    if tuple(model.input_shape[1:3]) != (image_size, image_size):
-        raise ConfigError(
-            f"teacher_checkpoint={path!r} takes {model.input_shape[1:3]} images but "
-            f"the teacher's are {image_size}x{image_size} (teacher.image_size, else "
-            "data.image_size)"
-        )
-    outputs = model.output_shape[-1]
-    if num_classes is not None and outputs is not None and outputs != num_classes:
-        raise ConfigError(
-            f"teacher_checkpoint={path!r} predicts {outputs} classes but the data has "
-            f"{num_classes} (data.num_classes)"
-        )
-    return model
+    teacher = open_model(path, image_size, setting="teacher_checkpoint")
+    teacher.check_fits(
+        image_size, num_classes, "teacher.image_size, else data.image_size", "data.num_classes"
+    )
+    if teacher.image_size is None:  # a SavedModel signature of any size
+        teacher.image_size = image_size
+    return teacher.keras_model
 
 
 def load_init_checkpoint(path: str, model: keras.Model, key: str) -> None:
