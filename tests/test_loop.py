@@ -293,7 +293,8 @@ def test_hard_pseudo_labels_are_the_teachers_argmax_smoothed(tmp_path, monkeypat
         assert (tmp_path / "iteration_0_labeled" / "manifest.json").exists()
     (stream,) = unlabeled_streams
     if via_records:
-        images, targets = (np.stack(part) for part in zip(*stream.as_numpy_iterator()))
+        records = stream.eval_view().as_numpy_iterator()  # a RecordStream, read by one host
+        images, targets = (np.stack(part) for part in zip(*records))
     else:
         images, targets = stream
     classes, eps = 3, 0.1

@@ -31,6 +31,17 @@ run was; record streams are not replayed (that would decode every record
 seen since the start) but start a fresh shuffle seeded with k. On both, the
 augmentation keys continue at batch index k.
 
+Hosts. Under a multi-host strategy every host builds its own input pipeline
+(`distributed_training_dataset`: `distribute_datasets_from_function`, as the
+official TPU input functions shard by host) and reads only its share before
+anything is decoded: record streams (`RecordStream`) every count-th shard
+file, or every count-th record when there are fewer files than hosts; arrays
+the host's slice of each global batch of indices, so the hosts together see
+the batch one host would. Each host folds its pipeline index into its
+augmentation keys, so two hosts never draw the same noise; with one pipeline
+(one host, or no strategy) nothing changes. A host's batch is cut into one
+part per local replica.
+
 Record sources (`source_records`, `eval_records`) decode each image to the
 model's resolution with the eval view (`preprocess.eval_preprocess`: the
 image as it is for small images, the official center crop for large ones);
@@ -45,6 +56,7 @@ Elements are dicts (all images uint8 [B, H, W, 3]):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -62,17 +74,47 @@ RECORD_SHUFFLE_BUFFER = 10_000  # serialized records (a few KB each) shuffled be
 MAX_OPEN_FILES = 64  # official data_input.py: parallel_interleave cycle_length 64
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordStream:
+    """A streamed training set that each input pipeline (host) reads its own share of.
+
+    Attributes:
+      read: (pipeline index, pipeline count) -> that pipeline's unbatched
+        (image, label or target) elements, one shuffled pass. The shard
+        files are divided between the pipelines before any is read (the
+        records, still encoded, when there are fewer files than pipelines),
+        so no host decodes another's images.
+    """
+
+    read: Callable[[int, int], tf.data.Dataset]
+
+    def map(self, fn: Callable) -> RecordStream:
+        """The stream with `fn` applied to every element (on each pipeline's share)."""
+        return RecordStream(
+            lambda index, count: self.read(index, count).map(
+                fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            )
+        )
+
+    def eval_view(self) -> tf.data.Dataset:
+        """The whole stream as one pipeline reads it."""
+        return self.read(0, 1)
+
+
 def _stream_key(seed: int, stream: int) -> tf.Tensor:
     return tf.constant([seed, stream], tf.int64)
 
 
 def _in_memory(
-    arrays, batch_size: int, seed: int, stream: int, start_batch: int = 0
+    arrays, batch_size: int, seed: int, stream: int, start_batch: int = 0, shard=(0, 1)
 ) -> tf.data.Dataset:
     """Batches gathered from arrays along a fresh full permutation per epoch.
 
     `start_batch` skips that many batches of indices, so a resumed stream
     continues with the batch the killed one would have produced next.
+    `shard` = (index, count): pipeline `index` of `count` gathers only its
+    slice of each global batch of indices, so the pipelines together see
+    the global batch one pipeline would, and none gathers another's images.
     """
     tensors = tf.nest.map_structure(tf.convert_to_tensor, arrays)
     n = int(tf.nest.flatten(tensors)[0].shape[0])
@@ -88,6 +130,10 @@ def _in_memory(
     order = tf.data.Dataset.counter().flat_map(epoch).batch(batch_size, drop_remainder=True)
     if start_batch:
         order = order.skip(start_batch)
+    shard_index, count = shard
+    if count > 1:
+        size = batch_size // count
+        order = order.map(lambda idx: idx[shard_index * size : (shard_index + 1) * size])
     return order.map(
         lambda idx: tf.nest.map_structure(lambda t: tf.gather(t, idx), tensors),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -108,18 +154,28 @@ def _from_dataset(
     return ds.repeat().batch(batch_size, drop_remainder=True)
 
 
-def _stream(source, batch_size, seed, stream, buffer, preprocess, build, start_batch=0):
+def _stream(source, batch_size, seed, stream, buffer, preprocess, build, start_batch, shard):
     """Shuffled, repeated batches of `source` mapped to dicts by `build`.
 
     `build(student_images, clean_images, *rest)` gets the batch after and
     before preprocessing, with a key that depends on (seed, stream, batch);
-    batch indices start at `start_batch`.
+    batch indices start at `start_batch`. `batch_size` is global: pipeline
+    `shard[0]` of `shard[1]` makes batches of its share, from its own part
+    of the data, with keys that also depend on its index (one pipeline
+    keeps the keys it always had).
     """
+    shard_index, count = shard
+    if isinstance(source, RecordStream):
+        source = source.read(shard_index, count)  # files split before reading
+    elif isinstance(source, tf.data.Dataset) and count > 1:
+        source = source.shard(count, shard_index)
     if isinstance(source, tf.data.Dataset):
-        ds = _from_dataset(source, batch_size, seed, stream, buffer, start_batch)
+        ds = _from_dataset(source, batch_size // count, seed, stream, buffer, start_batch)
     else:
-        ds = _in_memory(source, batch_size, seed, stream, start_batch)
+        ds = _in_memory(source, batch_size, seed, stream, start_batch, shard)
     base = _stream_key(seed, stream + 2)
+    if count > 1:
+        base = tf.random.experimental.stateless_fold_in(base, shard_index)
 
     def apply(index, element):
         parts = element if isinstance(element, tuple) else (element,)
@@ -136,8 +192,28 @@ def _stream(source, batch_size, seed, stream, buffer, preprocess, build, start_b
     )
 
 
+def _per_replica(ds: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """Each batch cut into `replicas` consecutive parts, one element each.
+
+    A strategy hands a pipeline's consecutive elements to its local replicas
+    in turn, so replica r trains on part r of every step's batch (as
+    `experimental_distribute_dataset` splits a global batch).
+    """
+    if replicas == 1:
+        return ds
+
+    def split(tensor):
+        size = tensor.shape[0] // replicas
+        parts = tf.reshape(tensor, tf.concat([[replicas, size], tf.shape(tensor)[1:]], 0))
+        return tf.ensure_shape(parts, [replicas, size, *tensor.shape[1:]])
+
+    return ds.flat_map(
+        lambda element: tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(split, element))
+    )
+
+
 def _as_source(value):
-    if isinstance(value, tf.data.Dataset):
+    if isinstance(value, (tf.data.Dataset, RecordStream)):
         return value
     if isinstance(value, (list, tuple)):
         return tuple(np.asarray(v) if not tf.is_tensor(v) else v for v in value)
@@ -154,17 +230,18 @@ def training_dataset(
     seed: int = 0,
     shuffle_buffer: int = DATASET_SHUFFLE_BUFFER,
     start_batch: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """An infinite dataset of per-step dicts (see the module docstring).
 
     Args:
       labeled: (uint8 images [N, H, W, 3], int labels [N]) arrays, shuffled
-        completely; or an unbatched tf.data.Dataset of (image, label),
-        shuffled with `shuffle_buffer`.
+        completely; a `RecordStream` (`source_stream`) or an unbatched
+        tf.data.Dataset of (image, label), shuffled with `shuffle_buffer`.
       batch_size: labeled images per step (global, across replicas).
       unlabeled: for offline pseudo labels (images, float32 targets [N, C]),
-        for the online teacher images alone; as arrays or an unbatched
-        Dataset (e.g. `pseudo_labeled_records`).
+        for the online teacher images alone; as arrays, a `RecordStream`
+        (`pseudo_labeled_stream`) or an unbatched Dataset.
       unlabeled_ratio: unlabeled images per labeled image in each step.
       preprocess: the student's training preprocessing,
         `preprocess(uint8 batch, seed=int [2] key) -> uint8 batch` (e.g.
@@ -176,11 +253,20 @@ def training_dataset(
         record streams are shuffled before decoding as well).
       start_batch: the step a resumed fit continues from (see "Resume" in
         the module docstring); 0 for a fresh fit.
+      input_context: which input pipeline (host) of a strategy this is
+        (see "Hosts" in the module docstring); None: the only one.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if start_batch < 0:
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+    context = input_context or tf.distribute.InputContext()
+    shard = (context.input_pipeline_id, context.num_input_pipelines)
+    replicas = context.num_replicas_in_sync // shard[1]
+    if batch_size % context.num_replicas_in_sync:
+        raise ValueError(
+            f"batch_size={batch_size} does not split over {context.num_replicas_in_sync} replicas"
+        )
     lab = _stream(
         _as_source(labeled),
         batch_size,
@@ -190,9 +276,10 @@ def training_dataset(
         preprocess,
         lambda x, clean, y: {"images": x, "labels": tf.cast(y, tf.int64)},
         start_batch,
+        shard,
     )
     if unlabeled is None:
-        return lab.prefetch(tf.data.AUTOTUNE)
+        return _per_replica(lab, replicas).prefetch(tf.data.AUTOTUNE)
     if unlabeled_ratio < 1 or int(unlabeled_ratio) != unlabeled_ratio:
         raise ValueError(f"unlabeled_ratio must be an integer >= 1, got {unlabeled_ratio}")
     unl_batch = batch_size * int(unlabeled_ratio)
@@ -215,9 +302,23 @@ def training_dataset(
         preprocess,
         build,
         start_batch,
+        shard,
     )
     both = tf.data.Dataset.zip(lab, unl).map(lambda a, b: {**a, **b})
-    return both.prefetch(tf.data.AUTOTUNE)
+    return _per_replica(both, replicas).prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_training_dataset(strategy: tf.distribute.Strategy, *args, **kwargs):
+    """`training_dataset(*args, **kwargs)` built on every host for its own input pipeline.
+
+    `strategy.distribute_datasets_from_function`, as the official TPU input
+    pipelines shard by host: each pipeline reads its share of the data and
+    draws its own augmentation keys (see "Hosts" in the module docstring).
+    Under the default strategy this is `training_dataset` itself.
+    """
+    return strategy.distribute_datasets_from_function(
+        lambda context: training_dataset(*args, input_context=context, **kwargs)
+    )
 
 
 def _interleaved(
@@ -227,17 +328,25 @@ def _interleaved(
     caller: str,
     shuffle_files: bool = True,
     named: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ):
     """Serialized records of `files`: file order shuffled (`shuffle_files`), up to 64
     read interleaved, records shuffled over `shuffle_buffer` (0 or 1: in order).
 
     With `named`, each element is (file path, index in the file, record), so
     an error about a record can name where it is; the order is the same.
+    `shard` = (index, count): only pipeline `index`'s files (every count-th,
+    as the official TPU input shards its file list by host), or its records
+    when there are fewer files than pipelines; one pipeline reads all.
     """
     files = [str(f) for f in files]
     if not files:
         raise FileNotFoundError(f"{caller} got no files")
+    shard_index, count = shard
+    by_file = len(files) >= count
     names = tf.data.Dataset.from_tensor_slices(files)
+    if count > 1 and by_file:
+        names = names.shard(count, shard_index)
     if shuffle_files:
         names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
 
@@ -254,6 +363,8 @@ def _interleaved(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
+    if count > 1 and not by_file:
+        ds = ds.shard(count, shard_index)
     if shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     return ds
@@ -266,6 +377,7 @@ def pseudo_labeled_records(
     seed: int = 0,
     small_image: bool | None = None,
     shuffle_buffer: int = RECORD_SHUFFLE_BUFFER,
+    shard: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
     """Unbatched (uint8 image, float32 probs [C]) from pseudo-labeled shards.
 
@@ -289,8 +401,9 @@ def pseudo_labeled_records(
       seed: file-order and record shuffle seed.
       small_image: eval view for 32 px models (see eval_preprocess).
       shuffle_buffer: serialized records to shuffle over; 0 keeps the order.
+      shard: (index, count): input pipeline `index`'s share of `count`.
     """
-    ds = _interleaved(files, seed, shuffle_buffer, "pseudo_labeled_records")
+    ds = _interleaved(files, seed, shuffle_buffer, "pseudo_labeled_records", shard=shard)
 
     def parse(serialized):
         record = schema.parse_pseudo(serialized, num_classes)
@@ -322,6 +435,7 @@ def source_records(
     shuffle_buffer: int = RECORD_SHUFFLE_BUFFER,
     cache: bool = False,
     num_classes: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
     """Unbatched (uint8 image [S, S, 3], int64 label) from source shards, one pass.
 
@@ -330,7 +444,8 @@ def source_records(
     `cache` (a small set, see sources.cacheable) the files are read once in
     order and the decoded images kept in memory, so later epochs only
     reshuffle them. With `num_classes`, a label outside [0, num_classes)
-    stops the stream with an error naming its shard and record.
+    stops the stream with an error naming its shard and record. `shard`:
+    input pipeline `index`'s share of `count` (index, count).
     """
     ds = _interleaved(
         files,
@@ -339,6 +454,7 @@ def source_records(
         "source_records",
         shuffle_files=not cache,
         named=True,
+        shard=shard,
     )
     ds = ds.map(
         _decode_source(image_size, small_image, num_classes),
@@ -378,10 +494,13 @@ def tfds_records(
     small_image: bool | None = None,
     shuffle_files: bool = False,
     seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
     """Unbatched (uint8 image [S, S, 3], int64 label) from a prepared tfds split, eval view.
 
-    Images stay encoded until the map (SkipDecoding), as for record shards.
+    Images stay encoded until the map (SkipDecoding), as for record shards;
+    `shard` = (index, count) keeps input pipeline `index`'s share of the
+    records, taken before they are decoded.
     """
     import tensorflow_datasets as tfds
 
@@ -392,6 +511,8 @@ def tfds_records(
         read_config=tfds.ReadConfig(shuffle_seed=seed),
         decoders={"image": tfds.decode.SkipDecoding()},
     )
+    if shard[1] > 1:
+        ds = ds.shard(shard[1], shard[0])
     has_label = "label" in builder.info.features
 
     def parse(example):
@@ -400,3 +521,21 @@ def tfds_records(
         return image, tf.cast(label, tf.int64)
 
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def source_stream(files: Sequence[str], image_size: int, **kwargs) -> RecordStream:
+    """`source_records(files, image_size, **kwargs)` as a `RecordStream` (a labeled set)."""
+    return RecordStream(
+        lambda index, count: source_records(files, image_size, shard=(index, count), **kwargs)
+    )
+
+
+def pseudo_labeled_stream(
+    files: Sequence[str], num_classes: int, image_size: int, **kwargs
+) -> RecordStream:
+    """`pseudo_labeled_records(files, num_classes, image_size, **kwargs)` as a `RecordStream`."""
+    return RecordStream(
+        lambda index, count: pseudo_labeled_records(
+            files, num_classes, image_size, shard=(index, count), **kwargs
+        )
+    )

@@ -268,8 +268,9 @@ class RecordSource:
         small_image: bool | None,
         cache: bool = False,
         num_classes: int | None = None,
-    ) -> tf.data.Dataset:
-        """Unbatched (uint8 image, int64 label), eval view, one shuffled pass (a labeled set).
+    ):
+        """A labeled set's training stream (`pipeline.RecordStream`): unbatched (uint8
+        image, int64 label), eval view, one shuffled pass, read per input pipeline.
 
         `cache`: keep the decoded shards in memory after the first pass (see
         `cacheable`); a tfds split is read with its own shuffled file order.
@@ -279,16 +280,19 @@ class RecordSource:
         from noisy_student_tf.data import pipeline
 
         if self.tfds_name:
-            return pipeline.tfds_records(
-                self.tfds_name,
-                self.tfds_split,
-                image_size,
-                self.data_dir,
-                small_image,
-                shuffle_files=True,
-                seed=seed,
+            return pipeline.RecordStream(
+                lambda index, count: pipeline.tfds_records(
+                    self.tfds_name,
+                    self.tfds_split,
+                    image_size,
+                    self.data_dir,
+                    small_image,
+                    shuffle_files=True,
+                    seed=seed,
+                    shard=(index, count),
+                )
             )
-        return pipeline.source_records(
+        return pipeline.source_stream(
             self.files,
             image_size,
             seed=seed,
