@@ -143,7 +143,7 @@ def test_fewer_files_than_pipelines_splits_records_before_decoding(tmp_path):
     """One shard file, two pipelines: each reads every other record."""
     files = write_records(tmp_path, source_examples([np.zeros((4, 4, 3), np.uint8)] * 6, range(6)))
     shares = [
-        [int(y) for _, y in pipeline.source_records(files, 4, shuffle_buffer=0, shard=(i, 2))]
+        [int(y) for _, y in pipeline.source_stream(files, 4, shuffle_buffer=0).eval_view((i, 2))]
         for i in range(2)
     ]
     assert shares == [[0, 2, 4], [1, 3, 5]]

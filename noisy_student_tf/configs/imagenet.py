@@ -51,8 +51,11 @@ Where our loop differs from the official code:
   an exported official checkpoint serves it, but the loop does not use it.
 Matching the official code (no longer differences): RMSProp's mean square
 starts at ones (train.rmsprop_second_moment_init), batch-norm moments over
-groups of replicas by the official rule (batch_norm_group_size=-1), and
-fine-tuning runs its frozen blocks in inference mode.
+groups of replicas by the official rule (batch_norm_group_size=-1),
+fine-tuning runs its frozen blocks in inference mode, training crops come
+from the whole decoded image (area 0.08-1, one resize; tensorflow/tpu
+preprocessing.py `_decode_and_random_crop`), and each host reads its own
+share of the input with its own augmentation keys.
 """
 
 import ml_collections
