@@ -179,5 +179,6 @@ def test_record_crops_are_keyed_by_batch_and_slot(tmp_path):
         )
         return [b["images"].numpy() for b in ds.take(4 - start)]
 
-    np.testing.assert_array_equal(first(0)[3], first(3)[0])
-    assert not np.array_equal(first(0)[0], first(0)[1])  # other batch, other crops
+    batches = first(0)
+    np.testing.assert_array_equal(batches[3], first(3)[0])
+    assert not np.array_equal(batches[0], batches[1])  # other batch, other crops
