@@ -49,3 +49,19 @@ def test_keras_applications_comparison_runs_quick():
         ratio = result["32px"][key]
         assert ratio["rounds"] == 3 and 0 < ratio["q1"] <= ratio["median"] <= ratio["q3"]
     assert len(result["load_average_before"]) == 3
+
+
+def test_train_records_comparison_runs_quick():
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/train_records.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["size"] == 224 and result["batch_size"] == 4
+    ratio = result["ratio_new_over_old"]
+    assert ratio["rounds"] == 3 and 0 < ratio["q1"] <= ratio["median"] <= ratio["q3"]
+    assert set(result["ms_per_batch"]) == {"old", "new"}

@@ -317,7 +317,8 @@ def test_a_loaded_teacher_gives_hard_pseudo_labels_smoothed(
         assert (tmp_path / "iteration_0_labeled" / "manifest.json").exists()
     (stream,) = unlabeled_streams
     if via_records:
-        images, targets = (np.stack(part) for part in zip(*stream.as_numpy_iterator()))
+        records = stream.eval_view().as_numpy_iterator()  # a RecordStream, read by one host
+        images, targets = (np.stack(part) for part in zip(*records))
     else:
         images, targets = stream
     classes, eps = 3, 0.1

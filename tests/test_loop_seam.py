@@ -72,7 +72,7 @@ def test_via_records_labels_each_pool_once_and_trains_on_the_reported_selection(
         return real_predict(model, images, *args, **kwargs)
 
     student_files = []
-    real_records = pipeline.pseudo_labeled_records
+    real_records = pipeline.pseudo_labeled_stream
 
     def recording_records(files, *args, **kwargs):
         student_files.append(list(files))
@@ -80,7 +80,7 @@ def test_via_records_labels_each_pool_once_and_trains_on_the_reported_selection(
 
     monkeypatch.setattr(shards, "make_predict", counting_make_predict)
     monkeypatch.setattr(labeling, "predict_probabilities", counting_predict)
-    monkeypatch.setattr(pipeline, "pseudo_labeled_records", recording_records)
+    monkeypatch.setattr(pipeline, "pseudo_labeled_stream", recording_records)
     config = _tiny_config()
     config.pseudo.via_records = True
     results = loop.run(config, str(tmp_path), _tiny_data())

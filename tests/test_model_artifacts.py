@@ -95,7 +95,9 @@ def test_errors_name_the_flag_or_key_the_path_came_from(files, tmp_path):
             open_model(path, setting="teacher_checkpoint")
     with pytest.raises(ConfigError, match=r"teacher_checkpoint=.* predicts 3 classes but the data"):
         load_teacher_checkpoint(saved, SIZE, 5)
-    with pytest.raises(ConfigError, match=r"takes 8x8 images but the data is 16x16 \(data.image"):
+    with pytest.raises(
+        ConfigError, match=r"takes 8x8 images but the data is 16x16 \(teacher.image_size"
+    ):
         load_teacher_checkpoint(keras_path, 16, CLASSES)
     with pytest.raises(ConfigError, match=r"takes 8x8 images but the data is 16x16 \(--image_size"):
         shards.load_teacher(saved, 16)

@@ -57,8 +57,11 @@ labels and is evaluated at 600 px, as data_input.py fed a teacher its own
 efficientnet_params size), a student may start from a checkpoint
 (student.init_checkpoint, main.py --init_model_path), RMSProp's mean square
 starts at ones (train.rmsprop_second_moment_init), batch-norm moments over
-groups of replicas by the official rule (batch_norm_group_size=-1), and
-fine-tuning runs its frozen blocks in inference mode.
+groups of replicas by the official rule (batch_norm_group_size=-1),
+fine-tuning runs its frozen blocks in inference mode, training crops come
+from the whole decoded image (area 0.08-1, one resize; tensorflow/tpu
+preprocessing.py `_decode_and_random_crop`), and each host reads its own
+share of the input with its own augmentation keys.
 """
 
 import ml_collections

@@ -20,6 +20,11 @@ view in `data_input.py`): a center crop of size / (size + 32) of the shorter
 side, bicubic-resized to the model size, for large images; the image as it
 is for small ones.
 
+Record streams take the large-image crop per record from the whole encoded
+image (`decode_and_random_crop`, the official `_decode_and_random_crop`:
+a JPEG's window alone is decoded); images held in memory are already at
+the model's size and are cropped in batches.
+
 Every op here takes uint8 [H, W, 3] or [B, H, W, 3] and a stateless int [2]
 key, so a pipeline that derives its keys from (seed, stream, batch index) is
 reproducible under any tf.data parallelism. All ops are core TF in graph (no
@@ -218,6 +223,46 @@ def crop_and_resize(images, box, image_size):
     crop = images[..., box[0] : box[0] + box[2], box[1] : box[1] + box[3], :]
     resized = tf.image.resize(tf.cast(crop, tf.float32), [image_size, image_size], "bicubic")
     return _to_uint8(resized)
+
+
+def decode_and_random_crop(encoded, image_size, seed):
+    """The training crop taken from the whole encoded image, then one resize.
+
+    The official large-image parser (tensorflow/tpu efficientnet
+    preprocessing.py `_decode_and_random_crop`, which noisystudent's
+    preprocessing.py keeps) samples the Inception crop box from the JPEG's
+    header shape and decodes only that window (`decode_and_crop_jpeg`).
+    JPEGs take that path here; other formats (PNG: the in-memory pool's
+    shards) are decoded whole and cropped, which gives the same box from
+    the same key. The box is `inception_crop_box` (area 0.08-1 of the whole
+    image, aspect 3/4-4/3, the eval center crop when every attempt fails).
+
+    Args:
+      encoded: scalar string, one JPEG or PNG.
+      image_size: output side S.
+      seed: int [2] stateless key.
+
+    Returns:
+      uint8 [S, S, 3], bicubic-resized as `crop_and_resize`.
+    """
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+
+    def box_of(shape):
+        return inception_crop_box(shape[0], shape[1], image_size, seed)
+
+    def jpeg():
+        box = box_of(tf.io.extract_jpeg_shape(encoded))
+        return tf.image.decode_and_crop_jpeg(encoded, box, channels=3)
+
+    def other():
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        box = box_of(tf.shape(image))
+        return image[box[0] : box[0] + box[2], box[1] : box[1] + box[3], :]
+
+    crop = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    crop.set_shape([None, None, 3])
+    resized = tf.image.resize(tf.cast(crop, tf.float32), [image_size, image_size], "bicubic")
+    return tf.ensure_shape(_to_uint8(resized), [image_size, image_size, 3])
 
 
 def random_resized_crop(images, image_size, seed):
@@ -423,6 +468,36 @@ class TrainPreprocess:
         """The sub-keys of one call: randaugment, cutout, crop, flip (int64 [2] each)."""
         split = tf.random.experimental.stateless_split(_key(seed), 4)
         return dict(zip(("randaugment", "cutout", "crop", "flip"), tf.unstack(split)))
+
+    @property
+    def crops_records(self) -> bool:
+        """Whether a record stream takes this crop per record from the whole
+        encoded image (`record_crop`) rather than from the batch: the
+        large-image Inception crop does, as the official parser."""
+        return self.crop and not self.small_image
+
+    def record_crop(self, encoded, seed, slot):
+        """The crop of image `slot` of the batch whose `__call__` key is `seed`.
+
+        Its key is the batch's crop key folded with `slot`, so it is a
+        function of (seed, stream, batch, slot), as the batch's other draws.
+
+        Args:
+          encoded: scalar string, one JPEG or PNG.
+          seed: the int [2] key `__call__` gets for the whole batch.
+          slot: the image's int position in its batch.
+
+        Returns:
+          uint8 [image_size, image_size, 3] (`decode_and_random_crop`).
+        """
+        key = tf.random.experimental.stateless_fold_in(self.keys(seed)["crop"], slot)
+        return decode_and_random_crop(encoded, self.image_size, key)
+
+    def after_record_crop(self) -> TrainPreprocess:
+        """The batch's rest once `record_crop` made its crops: flip, RandAugment."""
+        return TrainPreprocess(
+            self.image_size, self.randaugment, self.small_image, self.flip, self.cutout, False
+        )
 
     def __call__(self, images, seed):
         """Preprocesses uint8 [B, H, W, 3] (or one [H, W, 3]) with an int [2] key.

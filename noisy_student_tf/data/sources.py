@@ -268,10 +268,11 @@ class RecordSource:
         small_image: bool | None,
         cache: bool = False,
         num_classes: int | None = None,
-    ) -> tf.data.Dataset:
-        """Unbatched (uint8 image, int64 label), eval view, one shuffled pass (a labeled set).
+    ):
+        """A labeled set's training stream (`pipeline.RecordStream`): unbatched
+        (encoded image, int64 label), one shuffled pass, read per input pipeline.
 
-        `cache`: keep the decoded shards in memory after the first pass (see
+        `cache`: keep the records (encoded) in memory after the first pass (see
         `cacheable`); a tfds split is read with its own shuffled file order.
         `num_classes`: a record label outside [0, num_classes) stops the
         stream naming its shard and record.
@@ -279,7 +280,7 @@ class RecordSource:
         from noisy_student_tf.data import pipeline
 
         if self.tfds_name:
-            return pipeline.tfds_records(
+            return pipeline.tfds_stream(
                 self.tfds_name,
                 self.tfds_split,
                 image_size,
@@ -288,7 +289,7 @@ class RecordSource:
                 shuffle_files=True,
                 seed=seed,
             )
-        return pipeline.source_records(
+        return pipeline.source_stream(
             self.files,
             image_size,
             seed=seed,
@@ -490,6 +491,13 @@ def load(data_config) -> SemiSupervisedData | StreamingData:
     return load_source(data_config)
 
 
-def cacheable(source: RecordSource, image_size: int, limit_bytes: int) -> bool:
-    """Whether a set's decoded images at `image_size` fit in `limit_bytes` of host memory."""
-    return source.num_records * image_size * image_size * 3 <= limit_bytes
+def cacheable(source: RecordSource, limit_bytes: int) -> bool:
+    """Whether a set's shards fit in `limit_bytes` of host memory.
+
+    The training stream caches records still encoded (each is decoded, and
+    cropped, anew every epoch), so what it holds is about the files' size.
+    A tfds split is never cached.
+    """
+    if source.tfds_name:
+        return False
+    return sum(tf.io.gfile.stat(f).length for f in source.files) <= limit_bytes

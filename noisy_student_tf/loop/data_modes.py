@@ -49,8 +49,8 @@ from noisy_student_tf.labeling.targets import pseudo_targets
 from noisy_student_tf.loop import record_stages, stages
 from noisy_student_tf.loop.config_checks import model_image_size
 
-# Decoded labeled images (S x S x 3 bytes each) a streamed run keeps in host
-# memory with tf.data's cache(); larger labeled sets are re-read every epoch.
+# Labeled shards (encoded records) a streamed run keeps in host memory with
+# tf.data's cache(); larger labeled sets are re-read every epoch.
 LABELED_CACHE_BYTES = 1 << 30
 POOL_SHARDS = 4  # the in-memory pool's shards in via_records mode
 
@@ -154,7 +154,7 @@ class StreamSets:
     def labeled(self, model_config, seed: int, image_size: int | None = None):
         size = image_size or self.image_size
         source = self.data.labeled
-        cache = sources.cacheable(source, size, LABELED_CACHE_BYTES)
+        cache = sources.cacheable(source, LABELED_CACHE_BYTES)
         return source.training_stream(
             size, seed, model_config.small_image, cache, num_classes=self.num_classes
         )

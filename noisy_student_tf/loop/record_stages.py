@@ -5,7 +5,7 @@ library code as tools/: `labeling.shards.label_shards` writes one labeled
 shard per unlabeled shard (resumable per shard, spread over the strategy's
 replicas), `labeling.beam_filter.run_filter_balance` filters and balances
 them with Apache Beam, and the student streams the balanced shards
-(`pipeline.pseudo_labeled_records`). Each stage keeps a stage manifest
+(`pipeline.pseudo_labeled_stream`). Each stage keeps a stage manifest
 (stages.py) in its output folder, so a rerun reuses finished stages, resumes
 labeling at its first incomplete shard, and refuses outputs made with other
 settings.
@@ -151,7 +151,7 @@ def selection_summary(manifest: dict) -> dict:
 
 def balanced_stream(
     folder: str, num_classes: int, image_size: int, seed: int, small_image: bool
-) -> tuple[tf.data.Dataset, int]:
+) -> tuple[pipeline.RecordStream, int]:
     """(unbatched (image, probs) stream, record count) of a filter_balance output folder.
 
     Raises:
@@ -177,7 +177,7 @@ def balanced_stream(
         )
     files = [os.path.join(folder, name) for name in manifest["shards"]]
     files = [f for f in files if records.count_records(f)]
-    stream = pipeline.pseudo_labeled_records(
+    stream = pipeline.pseudo_labeled_stream(
         files, num_classes, image_size, seed=seed, small_image=small_image
     )
     return stream, int(manifest["out_records"])

@@ -169,7 +169,7 @@ def train_one(
     model_config,
     epochs: int,
     seed: int,
-    unlabeled: tf.data.Dataset | tuple | np.ndarray | None = None,
+    unlabeled: pipeline.RecordStream | tf.data.Dataset | tuple | np.ndarray | None = None,
     teacher: keras.Model | None = None,
     name: str = "model",
     log_dir: str | None = None,
@@ -182,7 +182,7 @@ def train_one(
 
     Args:
       labeled: (uint8 images, labels) arrays or an unbatched (image, label)
-        stream (`pipeline.source_records`).
+        stream (`pipeline.RecordStream`, `RecordSource.training_stream`).
       num_labeled: labeled images; one epoch is one pass over them.
       unlabeled: the student's unbatched pseudo-labeled source (see
         `loop.runner.pseudo_labeled_stream`, `loop.record_stages.balanced_stream`); None
@@ -222,9 +222,8 @@ def train_one(
     start = checkpoint.restore() if checkpoint else 0
     if start:
         print(f"   {name}: resumed from its checkpoint at step {start} of {total}", flush=True)
-    ds = _dataset(
-        config, labeled, unlabeled, train_preprocess(model_config, image_size, seed), seed, start
-    )
+    preprocess = train_preprocess(model_config, image_size, seed)
+    ds = _dataset(config, strategy, labeled, unlabeled, preprocess, seed, start)
     if start < total:
         model.fit(
             ds,
@@ -287,9 +286,11 @@ def _compile(
     model.optimizer.build(model.trainable_variables)
 
 
-def _dataset(config, labeled, unlabeled, preprocess, seed: int, start: int) -> tf.data.Dataset:
-    """The noised training batches, labeled and pseudo-labeled, from batch `start` on."""
-    return pipeline.training_dataset(
+def _dataset(config, strategy, labeled, unlabeled, preprocess, seed: int, start: int):
+    """The noised training batches, labeled and pseudo-labeled, from batch `start` on,
+    built by each host for its own replicas (`pipeline.distributed_training_dataset`)."""
+    return pipeline.distributed_training_dataset(
+        strategy,
         labeled,
         config.train.batch_size,
         unlabeled,
