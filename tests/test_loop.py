@@ -225,8 +225,27 @@ def test_loop_under_two_replicas_rejects_an_odd_batch_before_training(tmp_path):
     assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
 
 
+def _check_selection(images, teacher, config):
+    """The student's pool images are the exact-balance selection, recomputed here in
+    numpy from the teacher's softmax: per predicted class, the K most confident pool
+    images at or above the threshold, each class K times (the pool's random pixels
+    are unique, so an image names its pool index)."""
+    pool = _tiny_data(np.random.default_rng(0)).unlabeled_images
+    logits = teacher.predict(pool.astype(np.float32), verbose=0)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    k, expected = config.pseudo.images_per_class, set()
+    for c in np.unique(probs.argmax(1)):
+        candidates = [i for i in np.argsort(-probs.max(1)) if probs[i].argmax() == c]
+        expected |= {i for i in candidates[:k] if probs[i].max() >= config.pseudo.threshold}
+    index = {image.tobytes(): i for i, image in enumerate(pool)}
+    picked = [index[np.asarray(image, np.uint8).tobytes()] for image in images]
+    assert set(picked) == expected
+    assert set(np.bincount(probs[picked].argmax(1))) - {0} == {k}
+
+
 def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
-    built, streams = [], []
+    built, streams, sources = [], [], []
 
     class Recording(trainer.NoisyStudent):
         def __init__(self, *args, **kwargs):
@@ -238,6 +257,7 @@ def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
     def recording_dataset(*args, **kwargs):
         ds = real_dataset(*args, **kwargs)
         streams.append(ds)
+        sources.append(args[2] if len(args) > 2 else kwargs.get("unlabeled"))
         return ds
 
     monkeypatch.setattr(trainer, "NoisyStudent", Recording)
@@ -255,6 +275,7 @@ def test_online_student_is_taught_by_the_previous_model(tmp_path, monkeypatch):
     import keras
 
     saved = keras.models.load_model(tmp_path / "iteration_0_teacher.keras")
+    _check_selection(sources[1], saved, config)  # online: the selected images alone
     x = np.random.default_rng(1).integers(0, 256, (6, 16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(
         student_run.teacher.predict(x, verbose=0), saved.predict(x, verbose=0), atol=1e-5
@@ -307,6 +328,7 @@ def test_hard_pseudo_labels_are_the_teachers_argmax_smoothed(tmp_path, monkeypat
     teacher = keras.models.load_model(tmp_path / "iteration_0_teacher.keras")
     predicted = teacher.predict(images.astype(np.float32), verbose=0).argmax(1)
     np.testing.assert_array_equal(targets.argmax(1), predicted)
+    _check_selection(images, teacher, config)
 
 
 @pytest.mark.parametrize("kind", ["keras", "saved_model"])
