@@ -78,8 +78,8 @@ def _block_commands(block: str):
         yield from (part.strip() for part in command.split(" && ") if part.strip())
 
 
-def documented_commands() -> dict[str, str]:
-    """{command (whitespace collapsed): the doc it is in}, in doc order."""
+def documented_commands() -> dict[str, tuple[str, str]]:
+    """{command, whitespace collapsed: (the doc it is in, its text)}, in doc order."""
     found = {}
     for doc in DOCS:
         with open(os.path.join(REPO, doc)) as f:
@@ -89,18 +89,19 @@ def documented_commands() -> dict[str, str]:
                 continue
             for command in _block_commands(m.group(2)):
                 if m.group(1) or _is_command(command):  # untagged blocks also hold output
-                    found.setdefault(" ".join(command.split()), doc)
+                    found.setdefault(" ".join(command.split()), (doc, command))
         for m in _INLINE.finditer(_FENCE.sub("\n", text)):
             command = " ".join(m.group(1).split())
             if _is_command(command):
-                found.setdefault(command, doc)
+                found.setdefault(command, (doc, command))
     return found
 
 
 def doc_command(command: str) -> str:
-    """`command` if a doc holds it (so a run below is of the doc's text)."""
+    """The doc's text of `command` (as `documented_commands` keys it): a run below runs
+    the doc's own text, its newlines inside quotes kept."""
     assert command in documented_commands(), f"no doc holds {command!r}"
-    return command
+    return documented_commands()[command][1]
 
 
 # --- where each command runs ---------------------------------------------------
@@ -397,7 +398,7 @@ def test_every_documented_command_is_run_or_listed():
     documented = documented_commands()
     tables = {**RUN_HERE, **ELSEWHERE, **NOT_RUN_IN_CI}
     assert len(tables) == len(RUN_HERE) + len(ELSEWHERE) + len(NOT_RUN_IN_CI), "a command twice"
-    new = [f"{doc}: {c}" for c, doc in documented.items() if c not in tables]
+    new = [f"{doc}: {c}" for c, (doc, _) in documented.items() if c not in tables]
     assert not new, "documented but neither run nor listed:\n" + "\n".join(new)
     stale = [c for c in tables if c not in documented]
     assert not stale, "listed but in no doc:\n" + "\n".join(stale)
@@ -416,7 +417,7 @@ def test_the_tests_named_for_the_commands_exist():
 def test_commands_not_run_in_ci_say_so_in_their_doc():
     """Each such command's block (or its line, inline) carries "not run in CI"."""
     for command in NOT_RUN_IN_CI:
-        doc = documented_commands()[command]
+        doc = documented_commands()[command][0]
         with open(os.path.join(REPO, doc)) as f:
             text = f.read()
         places = [m.group(0) for m in _FENCE.finditer(text)]

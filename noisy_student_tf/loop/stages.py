@@ -197,22 +197,28 @@ def train_model(config, strategy, sets, workdir, iteration, learned_from, unlabe
         flush=True,
     )
     seed = config.seed + iteration
-    model, info = train_one(
-        iteration_config(config, iteration),
-        strategy,
-        sets.labeled(model_config, seed),
-        sets.num_labeled,
-        sets.num_classes,
-        sets.image_size,
-        model_config,
-        epochs,
-        seed=seed,
-        unlabeled=source,
-        teacher=teacher,
-        name=name,
-        log_dir=os.path.join(workdir, "tensorboard", os.path.basename(stem)),
-        checkpoint_dir=stem + ".ckpt",
-    )
+    try:
+        model, info = train_one(
+            iteration_config(config, iteration),
+            strategy,
+            sets.labeled(model_config, seed),
+            sets.num_labeled,
+            sets.num_classes,
+            sets.image_size,
+            model_config,
+            epochs,
+            seed=seed,
+            unlabeled=source,
+            teacher=teacher,
+            name=name,
+            log_dir=os.path.join(workdir, "tensorboard", os.path.basename(stem)),
+            checkpoint_dir=stem + ".ckpt",
+        )
+    except tf.errors.InvalidArgumentError as e:  # e.g. a labeled image that does not decode
+        named = sets.name_bad_record(e)
+        if named is e:
+            raise
+        raise named from e
     return model, stem + ".keras", _finish_model(stage, model, stem, start, info)
 
 
