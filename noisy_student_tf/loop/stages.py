@@ -185,9 +185,11 @@ def train_model(config, strategy, sets, workdir, iteration, learned_from, unlabe
     if stage.complete(settings) and tf.io.gfile.exists(stem + ".keras"):
         print(f"== iteration {iteration}: {name} reused from {stem}.keras", flush=True)
         return load_checkpoint(stem + ".keras"), stem + ".keras", stage.manifest["wall_s"]
-    stage.start(settings)
     start = time.time()
+    # Before the stage starts: a selection that cannot train (no pool image reached
+    # the threshold) must leave no started student for a rerun to refuse.
     source, count = unlabeled() if unlabeled else (None, 0)
+    stage.start(settings)
     epochs = config.train.student_epochs if unlabeled else config.train.teacher_epochs
     role = name.split()[0]
     on = f" + {count} pseudo-labeled" if unlabeled else ""
