@@ -794,9 +794,10 @@ def _parse_main_job_flags(argv: list[str]):
 
 def test_ablations_resolve_validate_build_step(tmp_path, rng):
     """docs/results.md's ablations and second students: each command's config resolved from
-    its own flags and validated, its teacher checkpoint loaded the loop's way, its student
-    built and trained one step on the teacher's filtered and balanced labels (the rest of
-    a run is the cifar10_4k:cpu loop that tests/test_cifar_cpu.py runs)."""
+    its own flags (its checkpoint path replaced) and validated, its teacher loaded the
+    loop's way, its student built and trained one step on the teacher's filtered and
+    balanced labels. The rest of such a run is the cifar10_4k:cpu loop that
+    tests/test_cifar_cpu.py runs."""
     import keras
     import tensorflow as tf
 
@@ -804,25 +805,37 @@ def test_ablations_resolve_validate_build_step(tmp_path, rng):
     from noisy_student_tf.loop.config_checks import validate_config
     from noisy_student_tf.training import trainer
 
-    checkpoints = {}
-    for name, flags in ABLATIONS.items():
-        argv = shlex.split(doc_command(f"python experiments/noisy_student.py {flags}"))[2:]
-        config = _parse_main_job_flags(argv)
-        validate_config(config)
-        with config.unlocked():  # sizes: tiny models, 2 + 2 images, one step
+    def shrink(config):  # sizes: tiny models, 2 labeled + 16 pool images, one step
+        with config.unlocked():
             for block in (config.teacher, config.student):
                 block.width_coefficient = block.depth_coefficient = 0.1
             config.train.batch_size, config.train.steps_per_epoch = 2, 1
+        return config
+
+    # The two checkpoints the commands start from, as the cpu run would have saved them.
+    base = shrink(_parse_main_job_flags([f"--config={REPO}/experiments/configs/cifar10_4k.py:cpu"]))
+    for stem, block in (
+        ("iteration_0_teacher", base.teacher),
+        ("iteration_1_student", base.student),
+    ):
+        model = trainer.build_model(block, 10, 32)
+        head = model.get_layer("predictions")  # confident, as a trained teacher is (threshold 0.3)
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel, bias + 10.0 * (np.arange(10) < 2)])  # classes 0 and 1
+        model.save(str(tmp_path / f"{stem}.keras"))
+    images = rng.integers(0, 256, (18, 32, 32, 3), dtype=np.uint8)
+    for name, flags in ABLATIONS.items():
+        command = doc_command(f"python experiments/noisy_student.py {flags}")
+        argv = shlex.split(command.replace("runs/cifar10_4k_cpu/", f"{tmp_path}/"))[2:]
+        config = _parse_main_job_flags(argv)
+        validate_config(config)
+        shrink(config)
         keras.backend.clear_session()
-        role = "student" if "iteration_1_student" in config.teacher_checkpoint else "teacher"
-        if role not in checkpoints:  # the run's teacher: a checkpoint the loop would have saved
-            checkpoints[role] = str(tmp_path / f"{role}.keras")
-            trainer.build_model(config[role], 10, 32).save(checkpoints[role])
-        teacher = trainer.load_teacher_checkpoint(checkpoints[role], 32, 10)
-        images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-        probs = labeling.predict_probabilities(teacher, images, verbose=0)
+        teacher = trainer.load_teacher_checkpoint(config.teacher_checkpoint, 32, 10)
+        probs = labeling.predict_probabilities(teacher, images[2:], verbose=0)
         pseudo = config.pseudo
         kept = labeling.filter_and_balance(probs, pseudo.threshold, pseudo.images_per_class)
+        assert len(kept.indices), name
         targets = labeling.training_targets(
             probs[kept.indices], pseudo.soft, pseudo.temperature, config.train.label_smoothing
         )
@@ -836,7 +849,7 @@ def test_ablations_resolve_validate_build_step(tmp_path, rng):
             config.student,
             1,
             seed=0,
-            unlabeled=(images[kept.indices], targets),
+            unlabeled=(images[2:][kept.indices], targets),
         )
         trainer.check_student_size(teacher, student, config.allow_smaller_student)
         assert info["final_step"] == 1, name

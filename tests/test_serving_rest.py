@@ -128,11 +128,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def served(smoke_workdir, tmp_path_factory):
-    """(base URL, the loop's final Keras model): the loop's SavedModel copied into a model
-    folder by docs/serving.md's own two commands, and served on a free local port."""
+def served(tiny_teacher_workdir, tmp_path_factory):
+    """(base URL, the loop's Keras model): the SavedModel the loop exported (the session's
+    tiny teacher-only run) copied into a model folder by docs/serving.md's own two
+    commands, and served on a free local port."""
     root = tmp_path_factory.mktemp("serving")
-    shutil.copytree(os.path.join(smoke_workdir, "saved_model"), root / "exported" / "noisy_student")
+    shutil.copytree(
+        os.path.join(tiny_teacher_workdir, "saved_model"), root / "exported" / "noisy_student"
+    )
     with open(os.path.join(REPO, "docs", "serving.md")) as f:
         doc = f.read()
     commands = [
@@ -146,8 +149,8 @@ def served(smoke_workdir, tmp_path_factory):
     _Handler.models = {"noisy_student": (version, tf.saved_model.load(str(base / version)))}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    student = keras.models.load_model(os.path.join(smoke_workdir, "iteration_1_student.keras"))
-    yield f"http://127.0.0.1:{server.server_port}", student
+    model = keras.models.load_model(os.path.join(tiny_teacher_workdir, "iteration_0_teacher.keras"))
+    yield f"http://127.0.0.1:{server.server_port}", model
     server.shutdown()
 
 
@@ -175,10 +178,12 @@ def _doc_json_body(encoded):
 
 
 def test_rest_predict_on_the_documented_model_folder(served):
-    url, student = served
-    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    url, model = served
+    size = model.input_shape[1]
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     encoded = [tf.io.encode_png(x).numpy() for x in images]
-    expected = tf.nn.softmax(student(images.astype(np.float32), training=False)).numpy()
+    expected = tf.nn.softmax(model(images.astype(np.float32), training=False)).numpy()
+    assert np.ptp(expected, axis=1).min() > 1e-3  # far above the tolerance: a wrong view shows
     predict = f"{url}/v1/models/noisy_student:predict"
 
     status, answer = _post(predict, _doc_json_body(encoded))
