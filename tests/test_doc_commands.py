@@ -225,23 +225,25 @@ BENCHMARKS = {  # documented benchmark command -> the size flags its run here ap
     "python benchmarks/model_table.py": "efficientnet-b0",
     "python benchmarks/labeling.py": "--image_size=32 --num_images=8 --label_classes=4 "
     "--batch_size=4 --rounds=1 --num_records=64 --num_classes=4 --num_files=2 --beam_workers=0",
-    "python benchmarks/labeling.py --beam_workers=2": "--image_size=32 --num_images=8 "
-    "--label_classes=4 --batch_size=4 --rounds=1 --num_records=64 --num_classes=4 --num_files=2",
     "python benchmarks/scale.py": "--num_records=64 --records_per_shard=32 --distinct_images=8 "
     "--batch_size=4 --unlabeled_ratio=1 --label_batch_size=32",
-    "python benchmarks/scale.py --num_records=100000": "--num_records=64 --records_per_shard=32 "
-    "--distinct_images=8 --batch_size=4 --unlabeled_ratio=1 --label_batch_size=32",
     "python benchmarks/randaugment.py": "--data_dir=CIFAR --sizes=32 --rounds=1 "
     "--min_seconds=0.05 --max_images=16 --batch_size=4",
     "python benchmarks/randaugment.py --methods=project_batch,project_batch_key --sizes=32,224 "
     "--rounds=1 --min_seconds=10 --in_memory=256 --paired": "--data_dir=CIFAR --sizes=32 "
     "--min_seconds=0.05 --in_memory=8 --batch_size=4",
-    "python benchmarks/randaugment.py --methods=project_batch,project_batch_key --sizes=224 "
-    "--batch_size=16 --rounds=1 --min_seconds=15 --in_memory=256 --paired": "--data_dir=CIFAR "
-    "--min_seconds=0.05 --in_memory=8 --batch_size=4",
     "python benchmarks/plot_randaugment.py": "--data_dir=CIFAR --num_images=1 --output=OUT/ra.png",
     "python benchmarks/plot_randaugment.py --variants": "--data_dir=CIFAR --num_images=1 "
     "--output=OUT/ra_variants.png",
+}
+# Documented variants of a benchmark run above that differ only in sizes or counts.
+SAME_RUN_AS = {
+    "python benchmarks/scale.py --num_records=100000": "python benchmarks/scale.py",
+    "python benchmarks/randaugment.py --methods=project_batch,project_batch_key --sizes=224 "
+    "--batch_size=16 --rounds=1 --min_seconds=15 --in_memory=256 --paired": (
+        "python benchmarks/randaugment.py --methods=project_batch,project_batch_key "
+        "--sizes=32,224 --rounds=1 --min_seconds=10 --in_memory=256 --paired"
+    ),
 }
 
 RUN_HERE = {
@@ -274,7 +276,7 @@ RUN_HERE = {
         f"python experiments/noisy_student.py {flags}": "test_ablations_resolve_validate_build_step"
         for flags in ABLATIONS.values()
     },
-    **{command: "test_every_benchmark_runs_at_a_small_size" for command in BENCHMARKS},
+    **{c: "test_every_benchmark_runs_at_a_small_size" for c in [*BENCHMARKS, *SAME_RUN_AS]},
 }
 
 # Commands another test file runs (as written but for paths and sizes).
@@ -357,6 +359,9 @@ ELSEWHERE = {
     "saved_model_cli": (
         "tests/test_export.py::test_saved_model_cli_lists_signatures_and_runs_the_documented_command"
     ),
+    # Its 1- and 2-worker Beam runs: the DirectRunner multi_processing pipelines that
+    # tests/test_beam_workers.py runs (the benchmark itself runs above with 0 workers).
+    "python benchmarks/labeling.py --beam_workers=2": "tests/test_beam_workers.py",
     # CI's own commands (.ci/run runs them before and as the suite).
     'pip install -e ".[dev]"': ".ci/run",
     "pytest": ".ci/run",
@@ -905,6 +910,7 @@ def test_every_benchmark_runs_at_a_small_size(tmp_path):
     proc = run_commands(commands, tmp_path)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) >= len(BENCHMARKS) - 2  # every one but the plots prints a JSON line
+    assert all(SAME_RUN_AS[c] in BENCHMARKS for c in SAME_RUN_AS)
     for line in lines:
         json.loads(line)
     assert (tmp_path / "ra.png").exists() and (tmp_path / "ra_variants.png").exists()
