@@ -227,10 +227,29 @@ def test_loop_under_two_replicas_rejects_an_odd_batch_before_training(tmp_path):
     assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
 
 
+def _check_selection(images, teacher, config):
+    """The student's pool images are the exact-balance selection, recomputed here in
+    numpy from the teacher's softmax: per predicted class, the K most confident pool
+    images at or above the threshold, each class K times (the pool's random pixels
+    are unique, so an image names its pool index)."""
+    pool = _tiny_data(np.random.default_rng(0)).unlabeled_images
+    logits = teacher.predict(pool.astype(np.float32), verbose=0)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    k, expected = config.pseudo.images_per_class, set()
+    for c in np.unique(probs.argmax(1)):
+        candidates = [i for i in np.argsort(-probs.max(1)) if probs[i].argmax() == c]
+        expected |= {i for i in candidates[:k] if probs[i].max() >= config.pseudo.threshold}
+    index = {image.tobytes(): i for i, image in enumerate(pool)}
+    picked = [index[np.asarray(image, np.uint8).tobytes()] for image in images]
+    assert set(picked) == expected
+    assert set(np.bincount(probs[picked].argmax(1))) - {0} == {k}
+
+
 def test_online_student_is_taught_by_the_previous_model(
     tmp_path, monkeypatch, tiny_teacher_workdir
 ):
-    built, streams = [], []
+    built, streams, sources = [], [], []
 
     class Recording(trainer.NoisyStudent):
         def __init__(self, *args, **kwargs):
@@ -242,6 +261,7 @@ def test_online_student_is_taught_by_the_previous_model(
     def recording_dataset(*args, **kwargs):
         ds = real_dataset(*args, **kwargs)
         streams.append(ds)
+        sources.append(args[2] if len(args) > 2 else kwargs.get("unlabeled"))
         return ds
 
     monkeypatch.setattr(trainer, "NoisyStudent", Recording)
@@ -249,9 +269,8 @@ def test_online_student_is_taught_by_the_previous_model(
     config = _tiny_config()
     config.pseudo.online = True
     config.pseudo.temperature = 2.0
-    copy_workdir(
-        tiny_teacher_workdir, tmp_path
-    )  # the session's teacher: pseudo.* is not its setting
+    # The session's teacher is reused: pseudo.* is not one of its settings.
+    copy_workdir(tiny_teacher_workdir, tmp_path)
     results = loop.run(config, str(tmp_path), _tiny_data(np.random.default_rng(0)))
     # The online mode trains a student from the teacher's selection.
     assert [r["role"] for r in results["models"]] == ["teacher", "student"]
@@ -261,6 +280,7 @@ def test_online_student_is_taught_by_the_previous_model(
     import keras
 
     saved = keras.models.load_model(tmp_path / "iteration_0_teacher.keras")
+    _check_selection(sources[0], saved, config)  # online: the selected images alone
     x = np.random.default_rng(1).integers(0, 256, (6, 16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(
         student_run.teacher.predict(x, verbose=0), saved.predict(x, verbose=0), atol=1e-5
@@ -332,6 +352,7 @@ def test_a_loaded_teacher_gives_hard_pseudo_labels_smoothed(
     loaded = keras.models.load_model(first / "iteration_0_teacher.keras")
     predicted = loaded.predict(images.astype(np.float32), verbose=0).argmax(1)
     np.testing.assert_array_equal(targets.argmax(1), predicted)
+    _check_selection(images, loaded, config)
 
 
 def test_missing_teacher_checkpoint_fails_before_training(tmp_path):

@@ -141,7 +141,15 @@ def test_eval_center_crop_matches_a_hand_computed_crop_and_bicubic_resize():
 def test_eval_keeps_images_already_at_the_model_size():
     images = _images(4)
     np.testing.assert_array_equal(preprocess.eval_preprocess(images, 32).numpy(), images)
-    assert preprocess.eval_preprocess(images, 16).shape == (4, 16, 16, 3)
+    # Another size: antialiased bilinear, against a numpy triangle filter (radius 2
+    # input pixels at scale 1/2, centred at 2j + 0.5, renormalised at the borders).
+    weights = np.maximum(
+        0.0, 1 - np.abs(np.arange(32)[None] - (2 * np.arange(16)[:, None] + 0.5)) / 2
+    )
+    weights /= weights.sum(1, keepdims=True)
+    expected = np.round(np.einsum("ji,bikc,lk->bjlc", weights, images.astype(float), weights))
+    diff = np.abs(preprocess.eval_preprocess(images, 16).numpy() - expected)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # 1: float32 rounding at .5
     large = _images(2, size=224)  # stored views of in-memory sources are not cropped twice
     np.testing.assert_array_equal(preprocess.eval_preprocess(large, 224).numpy(), large)
 

@@ -125,7 +125,15 @@ def test_streamed_loop_labels_filters_and_trains_from_record_folders(record_sets
     # The selection report is the Beam manifest's, and the balanced shards hold it.
     beam = json.loads(open(os.path.join(workdir, "iteration_0_pseudo", "manifest.json")).read())
     selection = json.loads(open(os.path.join(workdir, "iteration_0_selection.json")).read())
-    assert teacher["kept"] == beam["kept_unique"] == selection["kept_unique"]
+    # The kept records, recomputed here from the stored probabilities: the top K = 4
+    # of each predicted class (smoke threshold 0), not a copy of a manifest.
+    by_class = {}
+    for key, probs in _teacher_probs(os.path.join(workdir, "iteration_0_labeled")).items():
+        by_class.setdefault(int(np.argmax(probs)), []).append((-max(probs), key))
+    expected = {key for rows in by_class.values() for _, key in sorted(rows)[:4]}
+    pseudo_dir = os.path.join(workdir, "iteration_0_pseudo", "pseudo-*")
+    assert set(_keys(records.list_files(pseudo_dir))) == expected
+    assert teacher["kept"] == len(expected) == beam["kept_unique"] == selection["kept_unique"]
     assert teacher["dropped"] == beam["in"] - beam["kept_unique"] and beam["in"] == 30
     # Balanced: K = 4 copies of every class the teacher predicted at all.
     assert {c["copies"] for c in selection["per_class"] if c["candidates"]} == {4}

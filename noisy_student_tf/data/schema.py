@@ -163,13 +163,20 @@ def checked_label(
         return tf.identity(label)
 
 
-def name_bad_image(files: list[str], key: str, error: Exception) -> Exception:
+TEST_IMAGE_KEPT = "a test image is never skipped, as that would change the accuracy"
+
+
+def name_bad_image(
+    files: list[str], key: str, error: Exception, why: str = TEST_IMAGE_KEPT
+) -> Exception:
     """The error to raise when reading `files` failed: one naming the undecodable record.
 
     tf.data reports an image that does not decode without saying where it
     is; this second pass (run only after such a failure) decodes the records
     in order until one fails. Where skipping an image would change a
-    result's meaning (a test image), the run stops with this error.
+    result's meaning (a test image; a labeled image, whose class counts the
+    split and the schedule are built on), the run stops with this error;
+    `why` says which meaning.
 
     Returns:
       ConfigError naming the shard and the record's index, or `error`
@@ -184,7 +191,7 @@ def name_bad_image(files: list[str], key: str, error: Exception) -> Exception:
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 return ConfigError(
                     f"{path}: record {index} of {key} is not a decodable image ({reason[:200]}); "
-                    "a test image is never skipped, as that would change the accuracy"
+                    + why
                 )
     return error
 

@@ -160,13 +160,26 @@ def shard_files(path: str, split: str) -> list[str]:
     return files
 
 
+# Why an undecodable train image stops the run instead of being skipped.
+SPLIT_KEPT = (
+    "a train image is never skipped, as that would shift which images are labeled "
+    "(the first num_labeled_per_class of each class) and which are the pool"
+)
+
+
 def load_tfrecord_dir(
     path: str, num_classes: int, num_labeled_per_class: int, image_size: int | None = None
 ) -> SemiSupervisedData:
     """Source-schema shards `PATH/train-*` and `PATH/test-*` (e.g. shared CIFAR-10)."""
     train_files, test_files = shard_files(path, "train"), shard_files(path, "test")
-    images, labels = _read_split(train_files, image_size)
-    test_images, test_labels = _read_split(test_files, image_size)
+    try:
+        images, labels = _read_split(train_files, image_size)
+    except tf.errors.InvalidArgumentError as e:  # e.g. an image that does not decode
+        raise schema.name_bad_image(train_files, "data.path train-*", e, SPLIT_KEPT) from e
+    try:
+        test_images, test_labels = _read_split(test_files, image_size)
+    except tf.errors.InvalidArgumentError as e:
+        raise schema.name_bad_image(test_files, "data.path test-*", e) from e
     records.check_labels(labels, train_files, num_classes, "data.path train-*", unlabeled=True)
     records.check_labels(test_labels, test_files, num_classes, "data.path test-*", unlabeled=False)
     return _first_per_class_split(

@@ -149,7 +149,12 @@ def load_eval_data(
         ds, names = _from_tfds(*split_tfds_spec(spec, "--data"), tfds_data_dir)
     else:
         ds, names = _from_records(spec)
-    images, labels = _to_arrays(ds, image_size, small_image, max_examples, seed, spec)
+    try:
+        images, labels = _to_arrays(ds, image_size, small_image, max_examples, seed, spec)
+    except tf.errors.InvalidArgumentError as e:  # e.g. an image that does not decode
+        if spec.startswith(TFDS_PREFIX):
+            raise
+        raise schema.name_bad_image(records.list_files(spec), "--data", e) from e
     return images, labels, names
 
 

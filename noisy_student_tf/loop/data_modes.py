@@ -103,6 +103,13 @@ def read_pool_labels(path: str) -> dict:
             return {name: saved[name] for name in saved.files}
 
 
+# Why an undecodable labeled image stops the run instead of being skipped.
+LABELED_KEPT = (
+    "a labeled image is never skipped, as that would change the labeled set the "
+    "schedule (steps per epoch) and the reported counts are built on"
+)
+
+
 class ArraySets:
     """The labeled and test sets as uint8 arrays in memory."""
 
@@ -124,6 +131,10 @@ class ArraySets:
     def labeled(self, model_config, seed: int, image_size: int | None = None):
         del model_config, seed, image_size  # arrays are resized once, when loaded
         return self.data.labeled_images, self.data.labeled_labels
+
+    @staticmethod
+    def name_bad_record(error: Exception) -> Exception:
+        return error  # decoded when loaded: a bad image was named then
 
     def test_top1(self, model: keras.Model, small_image: bool, image_size: int | None = None):
         del small_image, image_size
@@ -158,6 +169,14 @@ class StreamSets:
         return source.training_stream(
             size, seed, model_config.small_image, cache, num_classes=self.num_classes
         )
+
+    def name_bad_record(self, error: Exception) -> Exception:
+        """A failed fit's `error` as one naming the labeled record that does not decode
+        (a second pass over data.labeled), or `error` itself when every image decodes."""
+        source = self.data.labeled
+        if source.tfds_name:  # tfds decodes its own records
+            return error
+        return schema.name_bad_image(source.files, "data.labeled", error, LABELED_KEPT)
 
     def test_top1(self, model: keras.Model, small_image: bool, image_size: int | None = None):
         size = image_size or self.image_size

@@ -170,9 +170,11 @@ def train_model(config, strategy, sets, workdir, iteration, learned_from, unlabe
     if stage.complete(settings) and tf.io.gfile.exists(stem + ".keras"):
         print(f"== iteration {iteration}: {name} reused from {stem}.keras", flush=True)
         return load_checkpoint(stem + ".keras"), stem + ".keras", stage.manifest["wall_s"]
-    stage.start(settings)
     start = time.time()
+    # Before the stage starts: a selection that cannot train (no pool image reached
+    # the threshold) must leave no started student for a rerun to refuse.
     source, count = unlabeled() if unlabeled else (None, 0)
+    stage.start(settings)
     epochs = config.train.student_epochs if unlabeled else config.train.teacher_epochs
     role = name.split()[0]
     on = f" + {count} pseudo-labeled" if unlabeled else ""
@@ -183,22 +185,28 @@ def train_model(config, strategy, sets, workdir, iteration, learned_from, unlabe
     )
     seed = config.seed + iteration
     size = sets.model_size(model_config)
-    model, info = train_one(
-        iteration_config(config, iteration),
-        strategy,
-        sets.labeled(model_config, seed, size),
-        sets.num_labeled,
-        sets.num_classes,
-        size,
-        model_config,
-        epochs,
-        seed=seed,
-        unlabeled=source,
-        teacher=teacher,
-        name=name,
-        log_dir=os.path.join(workdir, "tensorboard", os.path.basename(stem)),
-        checkpoint_dir=stem + ".ckpt",
-    )
+    try:
+        model, info = train_one(
+            iteration_config(config, iteration),
+            strategy,
+            sets.labeled(model_config, seed, size),
+            sets.num_labeled,
+            sets.num_classes,
+            size,
+            model_config,
+            epochs,
+            seed=seed,
+            unlabeled=source,
+            teacher=teacher,
+            name=name,
+            log_dir=os.path.join(workdir, "tensorboard", os.path.basename(stem)),
+            checkpoint_dir=stem + ".ckpt",
+        )
+    except tf.errors.InvalidArgumentError as e:  # e.g. a labeled image that does not decode
+        named = sets.name_bad_record(e)
+        if named is e:
+            raise
+        raise named from e
     return model, stem + ".keras", _finish_model(stage, model, stem, start, info)
 
 
