@@ -25,6 +25,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO, script_env
 
 # --- the commands of the docs ------------------------------------------------
@@ -219,6 +220,11 @@ ABLATIONS = {  # results.md: name -> the command's flags after `python experimen
     "ra_official": f"{CIFAR_CPU} {TEACHER_0} --config.num_iterations=1 "
     "--workdir=runs/abl_ra_official --config.student.randaugment_variant=official",
 }
+# The runs below take 2-7 minutes each on two cores (together longer than the
+# suite's 15-minute budget): `pytest -m slow tests/test_doc_commands.py` runs
+# them; the default run (setup.cfg) checks that every command is placed.
+SLOW = pytest.mark.slow
+
 BENCHMARKS = {  # documented benchmark command -> the size flags its run here appends
     "python benchmarks/ema_overhead.py": "--steps=1 --warmup=1 --batch_size=2 --ratio=1",
     "python benchmarks/train_step.py --quick": "--batch_size=2 --ratio=1 --mirrored=false",
@@ -522,6 +528,7 @@ ingest.write_source_shards(items, sys.argv[1], 1, "test", [str(c) for c in range
 """
 
 
+@SLOW
 def test_digits_default_config_and_the_evaluation_recipe(tmp_path):
     """The default config (fewer steps) and docs/evaluation.md's recipe, in its order;
     then the seed and robustness commands of docs/results.md, teacher only."""
@@ -600,6 +607,7 @@ def _manifest(folder) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
+@SLOW
 def test_cifar10_configs_on_records_the_tools_wrote(tmp_path):
     """make_records from a tfds split and from an image folder (--prefix, --class_map)
     into one folder, cifar10_4k.py and cifar10_4k.py:smoke through the loop on it, and
@@ -670,6 +678,7 @@ B0_SIZES = (  # imagenet.py:b0 at toy sizes, as its :smoke variant shrinks it
 )
 
 
+@SLOW
 def test_imagenet_b0_recipe_step_by_step(tmp_path):
     """README's "at scale" block in its order: records, imagenet.py:b0 through the loop,
     then label -> filter/balance -> one student from the tools' output -> label again."""
@@ -765,6 +774,7 @@ def _write_records(folder, labels, seed):
     return str(folder)
 
 
+@SLOW
 def test_official_and_keras_applications_teachers_through_the_loop(tmp_path):
     """docs/models.md on a checkpoint in the official format: label with it, start the
     loop from it, convert it, and start the loop from the keras.applications file."""
@@ -817,6 +827,7 @@ def _parse_main_job_flags(argv: list[str]):
     return values.config
 
 
+@SLOW
 def test_ablations_resolve_validate_build_step(tmp_path, rng):
     """docs/results.md's ablations and second students: each command's config resolved from
     its own flags (its checkpoint path replaced) and validated, its teacher loaded the
@@ -893,6 +904,7 @@ def _jpeg_records(folder, count: int):
     return write_records(folder, examples, prefix="test")
 
 
+@SLOW
 def test_every_benchmark_runs_at_a_small_size(tmp_path):
     """Each documented benchmark command with its sizes shrunk, on records we wrote;
     keras_applications.py --quick runs in tests/test_benchmarks.py."""
