@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 
 import tensorflow as tf
 
+from noisy_student_tf import kill_points
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.errors import ConfigError
 
@@ -140,6 +141,8 @@ def write_source_shards(
         os.path.join(output_dir, records.shard_name(prefix, i, num_shards))
         for i in range(num_shards)
     ]
+    for path in [*paths, os.path.join(output_dir, "manifest.json")]:
+        records.remove_stale_temporaries(path)  # a killed run's
     writers = [records.AtomicWriter(p) for p in paths]
     written, failures, per_class = 0, [], {}
     try:
@@ -155,8 +158,9 @@ def write_source_shards(
         for w in writers:
             w.abort()
         raise
-    for w in writers:
+    for index, w in enumerate(writers):
         w.commit()
+        kill_points.kill_point("make_records_shard", shard=index)
     manifest = {
         "stage": "make_records",
         "records_in": written + len(failures),

@@ -264,13 +264,24 @@ def remove_stale_temporaries(output_path: str) -> None:
         tf.io.gfile.remove(stale)
 
 
-def write_json(path: str, payload: dict) -> str:
-    """Writes JSON atomically (temp name, then rename)."""
+def write_file(path: str, content: str | bytes) -> str:
+    """Writes a small file atomically through tf.io.gfile (temp name, then rename).
+
+    A kill leaves the old file or the new one (and perhaps a `TMP_MARK`
+    temporary, which readers skip and reruns delete), and an existing file
+    is replaced whole (TF's `ram://` filesystem, for one, does not truncate
+    a file reopened for writing).
+    """
     tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    with tf.io.gfile.GFile(tmp, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
     tf.io.gfile.rename(tmp, path, overwrite=True)
     return path
+
+
+def write_json(path: str, payload: dict) -> str:
+    """Writes JSON atomically (`write_file`)."""
+    return write_file(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str) -> dict:

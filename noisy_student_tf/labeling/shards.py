@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from noisy_student_tf import kill_points
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.predict import softmax
@@ -506,6 +507,7 @@ def label_shards(
                 progbar,
             )
             records.write_json(outputs[i] + MANIFEST_SUFFIX, {**manifest, **settings, **derived})
+            kill_points.kill_point("label_shard", shard=os.path.basename(outputs[i]))
     return write_summary(output_dir, outputs, timer.elapsed())
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 
 import tensorflow as tf
 
@@ -44,17 +43,26 @@ EXECUTION_KEYS = (
 )
 
 
-def write_file(path: str, content: str | bytes) -> None:
-    """Writes a workdir file atomically through tf.io.gfile (temp name, then rename).
+# The loop's small files (config.json, results.json, plots): atomic, temp + rename.
+write_file = records.write_file
 
-    A kill leaves the old file or the new one, and an existing file is
-    replaced whole (TF's `ram://` filesystem, for one, does not truncate a
-    file reopened for writing).
+
+def remove_stale_temporaries(workdir: str) -> None:
+    """Deletes what a killed run left under temporary names (`records.TMP_MARK`).
+
+    Looks in the workdir and its stage folders (labeled and balanced
+    shards): shards, manifests, `.keras` files and SavedModel folders are
+    all written under such names and renamed when complete, so anything
+    still so named is a killed writer's and nothing reads it. A run owns its
+    workdir, so no live writer is removed.
     """
-    tmp = f"{path}{records.TMP_MARK}{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "wb" if isinstance(content, bytes) else "w") as f:
-        f.write(content)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    for depth in ("", "*"):
+        pattern = os.path.join(workdir, depth, f"*{records.TMP_MARK}*")
+        for stale in tf.io.gfile.glob(pattern):
+            if tf.io.gfile.isdir(stale):
+                tf.io.gfile.rmtree(stale)
+            elif tf.io.gfile.exists(stale):
+                tf.io.gfile.remove(stale)
 
 
 def flat_settings(config, exclude_blocks: tuple = ()) -> dict:
@@ -218,8 +226,10 @@ def train_model(config, strategy, sets, workdir, iteration, learned_from, unlabe
 
 def _finish_model(stage: Stage, model, stem: str, start: float, info: dict) -> float:
     """Saves the model, completes its manifest, drops its mid-fit checkpoints; the wall time."""
+    from noisy_student_tf.models.checkpoint import save_keras
+
     wall = time.time() - start
-    model.save(stem + ".keras")
+    save_keras(model, stem + ".keras")
     stage.finish({"wall_s": round(wall, 1), **info})
     if tf.io.gfile.exists(stem + ".ckpt"):
         tf.io.gfile.rmtree(stem + ".ckpt")
@@ -243,8 +253,10 @@ def keep_loaded_teacher(model, loaded_from: str, workdir: str) -> tuple[str, str
     stage = Stage(stem + ".json", "teacher")
     settings = {"teacher_checkpoint": loaded_from, "teacher_checkpoint_fingerprint": source}
     if not (stage.complete(settings) and tf.io.gfile.exists(stem + ".keras")):
+        from noisy_student_tf.models.checkpoint import save_keras
+
         stage.start(settings)
-        model.save(stem + ".keras")
+        save_keras(model, stem + ".keras")
         stage.finish({"wall_s": 0.0})
     return stem + ".keras", teacher_fingerprint(stem + ".keras")
 
