@@ -141,7 +141,10 @@ def write_source_shards(
         os.path.join(output_dir, records.shard_name(prefix, i, num_shards))
         for i in range(num_shards)
     ]
-    for path in [*paths, os.path.join(output_dir, "manifest.json")]:
+    manifest_path = os.path.join(output_dir, "manifest.json")
+    if tf.io.gfile.exists(manifest_path):  # written last: present only when all shards are
+        tf.io.gfile.remove(manifest_path)
+    for path in [*paths, manifest_path]:
         records.remove_stale_temporaries(path)  # a killed run's
     writers = [records.AtomicWriter(p) for p in paths]
     written, failures, per_class = 0, [], {}
@@ -174,5 +177,5 @@ def write_source_shards(
         "records_per_shard": [w.count for w in writers],
         "elapsed_s": timer.elapsed(),
     }
-    records.write_json(os.path.join(output_dir, "manifest.json"), manifest)
+    records.write_json(manifest_path, manifest)
     return manifest

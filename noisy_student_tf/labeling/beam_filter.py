@@ -511,9 +511,16 @@ def _clear_output(output_dir: str, output_prefix: str) -> str:
     """
     tf.io.gfile.makedirs(output_dir)
     shards = os.path.join(output_dir, f"{output_prefix}-*-of-*.tfrecord")
-    # With a killed run's temporary shards and manifest (`records.TMP_MARK`).
+    # The manifest first: until the new one is written, none says "complete".
+    # Then a killed run's temporary shards and manifest (`records.TMP_MARK`).
     manifest = os.path.join(output_dir, "manifest.json")
-    for pattern in (shards, shards + records.TMP_MARK + "*", manifest + records.TMP_MARK + "*"):
+    patterns = (
+        manifest,
+        shards,
+        shards + records.TMP_MARK + "*",
+        manifest + records.TMP_MARK + "*",
+    )
+    for pattern in patterns:
         for old in tf.io.gfile.glob(pattern):
             tf.io.gfile.remove(old)
     stats_dir = os.path.join(output_dir, "_stats")
