@@ -66,12 +66,11 @@ ROW_KEYS = (
 
 
 def _env(point: str = "", **extra) -> dict:
-    env = script_env(**extra)
+    """A fresh process's environment: no TF_CONFIG or kill point but those given."""
+    env = script_env()
     env.pop("TF_CONFIG", None)
     env.pop(kill_points.ENV, None)
-    if point:
-        env[kill_points.ENV] = point
-    return env
+    return {**env, **extra, **({kill_points.ENV: point} if point else {})}
 
 
 def _loop(workdir, point: str = "", *extra: str):
