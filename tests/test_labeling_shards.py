@@ -2,14 +2,11 @@
 
 import glob
 import os
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_script, start_script, tiny_cnn
+from conftest import run_script, tiny_cnn
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import ingest, pipeline, records, schema
@@ -265,52 +262,6 @@ print("OK")
 """
     proc = run_script("-c", code, timeout=120)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
-
-
-def _tool(name, *args, **kwargs):
-    return start_script(f"tools/{name}", *args, stderr=subprocess.STDOUT, **kwargs)
-
-
-def test_cli_make_records_then_kill_and_rerun_label(tmp_path, rng):
-    # make_records: a class-folder tree with one corrupt JPEG.
-    tree = tmp_path / "tree"
-    for c in range(2):
-        (tree / f"class{c}").mkdir(parents=True)
-        for i in range(120):
-            image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-            (tree / f"class{c}" / f"{i:03d}.png").write_bytes(schema.encode_png(image))
-    (tree / "class1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    src = tmp_path / "src"
-    proc = _tool("make_records.py", f"--input={tree}", f"--output_dir={src}", "--num_shards=30")
-    assert proc.wait(120) == 0, proc.stdout.read()
-    made = records.read_json(str(src / "manifest.json"))
-    assert made["written"] == 240 and made["skipped"] == {"undecodable_image": 1}
-    assert made["classes"] == ["class0", "class1"] and made["per_label"] == {"0": 120, "1": 120}
-
-    # label: SIGKILL once the first shard is complete, then rerun to completion.
-    teacher, out = _teacher(tmp_path), tmp_path / "labeled"
-    args = (f"--input={src}", f"--output_dir={out}", f"--teacher={teacher}", "--batch_size=2")
-    proc = _tool("label.py", *args)
-    deadline = time.time() + 120
-    while not glob.glob(str(out / f"*{MANIFEST_SUFFIX}")) and time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial = len(glob.glob(str(out / f"*{MANIFEST_SUFFIX}")))
-    assert 1 <= partial < 30  # the kill landed mid-run
-    proc = _tool("label.py", *args)
-    assert proc.wait(120) == 0, proc.stdout.read()
-    summary = records.read_json(str(out / "manifest.json"))
-    assert summary["complete"] and summary["labeled"] == summary["records_in"] == 240
-    keys = [
-        e.features.feature[schema.KEY].bytes_list.value[0]
-        for e in _read(records.list_files(str(out)))
-    ]
-    assert sorted(keys) == sorted(
-        f"class{c}/{i:03d}.png".encode() for c in range(2) for i in range(120)
-    )
-    assert not glob.glob(str(out / f"*{records.TMP_MARK}*"))
 
 
 def test_folder_of_images_without_classes_is_unlabeled(tmp_path, rng):

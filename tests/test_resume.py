@@ -1,9 +1,8 @@
 """Resume after preemption: stage manifests, the fit checkpoint, and the in-memory loop.
 
-The streamed loop killed with SIGKILL is tested in test_streaming_loop.py.
+A loop killed with SIGKILL at named points is tested in test_kill_points.py.
 """
 
-import json
 import os
 
 import numpy as np
@@ -17,7 +16,6 @@ from noisy_student_tf import loop
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.data import pipeline
 from noisy_student_tf.loop import stages
-from noisy_student_tf.training import resume
 
 
 def test_stage_reuses_equal_settings_and_names_the_differing_key(tmp_path):
@@ -72,61 +70,6 @@ def test_record_stream_resumes_with_keys_at_the_batch_index(tmp_path):
     fresh_pixels = [int(b["images"][0, 0, 0, 0]) for b in fresh.take(5)]
     later_pixels = [int(b["images"][0, 0, 0, 0]) for b in later.take(2)]
     assert later_pixels == fresh_pixels[3:5]
-
-
-class _Preempted(Exception):
-    pass
-
-
-def _interrupting(stop_at_student_step):
-    """A SaveEverySteps that dies right after the student's save at the given step."""
-    real = resume.SaveEverySteps.on_train_batch_end
-
-    def on_train_batch_end(self, batch, logs=None):
-        real(self, batch, logs)
-        if "student" in self.checkpoint.directory and self.checkpoint.step == stop_at_student_step:
-            raise _Preempted()
-
-    return on_train_batch_end
-
-
-def _resume_config():
-    config = _tiny_config()
-    config.train.student_epochs = 4  # 8 steps
-    config.train.save_every_steps = 3
-    return config
-
-
-def test_in_memory_loop_resumes_a_killed_student_where_it_stopped(tmp_path, monkeypatch):
-    data = _tiny_data(np.random.default_rng(0))
-    reference = loop.run(_resume_config(), str(tmp_path / "reference"), data)
-
-    workdir = str(tmp_path / "run")
-    with monkeypatch.context() as patch:
-        patch.setattr(resume.SaveEverySteps, "on_train_batch_end", _interrupting(6))
-        with pytest.raises(_Preempted):
-            loop.run(_resume_config(), workdir, data)
-    assert os.path.exists(os.path.join(workdir, "iteration_1_student.ckpt"))
-    assert not os.path.exists(os.path.join(workdir, "iteration_1_student.keras"))
-    teacher_mtime = os.path.getmtime(os.path.join(workdir, "iteration_0_teacher.keras"))
-
-    results = loop.run(_resume_config(), workdir, data)
-    manifest = json.loads(open(os.path.join(workdir, "iteration_1_student.json")).read())
-    assert manifest["complete"] and manifest["resumed_from_step"] == 6
-    assert manifest["final_step"] == manifest["steps"] == 8
-    assert os.path.getmtime(os.path.join(workdir, "iteration_0_teacher.keras")) == teacher_mtime
-    assert not os.path.exists(os.path.join(workdir, "iteration_1_student.ckpt"))
-    # Weights, average, optimizer state and input stream all continued: the
-    # resumed student is the uninterrupted one.
-    for got, want in zip(results["models"], reference["models"]):
-        assert got["test_top1"] == want["test_top1"]
-        assert got["kept"] == want["kept"]
-    import keras
-
-    a = keras.models.load_model(os.path.join(workdir, "iteration_1_student.keras"))
-    b = keras.models.load_model(str(tmp_path / "reference" / "iteration_1_student.keras"))
-    for x, y in zip(a.get_weights(), b.get_weights()):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
 def test_rerun_with_other_settings_is_an_error_naming_the_key(tmp_path, tiny_teacher_workdir):

@@ -1,5 +1,6 @@
 """Strategies on a CPU-only machine: mirrored over logical CPUs, two local
-multi-worker processes (a run to the end, and a killed worker), and what
+multi-worker processes (a killed worker; the loop run to the end and killed
+at named points is in test_kill_points.py), and what
 TPUStrategy needs that can be checked without a TPU (address forms, XLA
 compilation of the step, no host-side ops in it)."""
 
@@ -234,30 +235,6 @@ def _stop(procs):
         if p.poll() is None:
             p.kill()
             p.wait()
-
-
-def test_multi_worker_loop_runs_and_only_the_chief_writes(tmp_path):
-    workdirs = [tmp_path / "chief", tmp_path / "worker1"]
-    logs = [tmp_path / "log0", tmp_path / "log1"]
-    procs = _start_workers(
-        lambda i: [
-            SCRIPT,
-            SMOKE,
-            "--config.strategy=multi_worker",
-            *TINY,
-            f"--workdir={workdirs[i]}",
-        ],
-        logs,
-    )
-    try:
-        codes = [p.wait(timeout=900) for p in procs]
-    finally:
-        _stop(procs)
-    assert codes == [0, 0], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
-    rows = json.loads((workdirs[0] / "results.json").read_text())["models"]
-    assert [r["role"] for r in rows] == ["teacher", "student"]
-    assert (workdirs[0] / "saved_model" / "saved_model.pb").exists()
-    assert not workdirs[1].exists()  # the non-chief's saves went to a scratch folder
 
 
 def test_killed_worker_fails_the_chief_with_a_clear_message(tmp_path):

@@ -7,16 +7,13 @@ schema. The loop runs on them in a fresh process (experiments/noisy_student.py),
 then the at-scale recipe's other commands run on what it wrote.
 """
 
-import glob
 import json
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import DIGITS_SMOKE, record_keys, run_script, start_script, tiny_loop_config
+from conftest import DIGITS_SMOKE, record_keys, run_script, tiny_loop_config
 
 from noisy_student_tf import loop
 from noisy_student_tf.data import ingest, records, schema, sources
@@ -297,81 +294,3 @@ def test_mixed_modes_are_config_errors(record_sets, overrides, match):
         config[block][name] = value
     with pytest.raises(sources.ConfigError, match=match):
         config_checks.validate_config(config)
-
-
-def _wait_for(predicate, proc, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.005)
-    return False
-
-
-def _start(args):
-    return start_script("experiments/noisy_student.py", *args)
-
-
-def _kill(proc):
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-
-
-def _listing(workdir):
-    out = set()
-    for path in glob.glob(os.path.join(workdir, "**"), recursive=True):
-        rel = os.path.relpath(path, workdir)
-        if os.path.isfile(path) and not rel.startswith("tensorboard"):
-            out.add(rel)
-    return out
-
-
-def test_sigkill_in_labeling_and_in_fit_then_rerun_resumes(record_sets, stream_run, tmp_path):
-    reference, _ = stream_run
-    workdir = str(tmp_path / "run")
-    args = stream_flags(
-        record_sets,
-        workdir,
-        "--config.train.student_epochs=40",  # 80 steps: long enough to be killed in
-        "--config.train.save_every_steps=5",
-    )
-    labeled_dir = os.path.join(workdir, "iteration_0_labeled")
-
-    # 1. Killed while the teacher labels the unlabeled shards.
-    proc = _start(args)
-    in_labeling = _wait_for(lambda: glob.glob(os.path.join(labeled_dir, "*.tmp-*")), proc)
-    _kill(proc)
-    assert in_labeling, "the run ended before labeling started"
-    assert not os.path.exists(os.path.join(labeled_dir, "manifest.json")) or not json.loads(
-        open(os.path.join(labeled_dir, "manifest.json")).read()
-    ).get("complete")
-
-    # 2. Rerun: killed in the middle of the student's fit, after a checkpoint.
-    ckpt = os.path.join(workdir, "iteration_1_student.ckpt")
-    proc = _start(args)
-    in_fit = _wait_for(lambda: tf.train.latest_checkpoint(ckpt) is not None, proc)
-    _kill(proc)
-    assert in_fit, "the rerun ended before the student's first checkpoint"
-    assert not os.path.exists(os.path.join(workdir, "iteration_1_student.keras"))
-    saved_step = int(tf.train.latest_checkpoint(ckpt).rsplit("-", 1)[1])
-    assert 0 < saved_step < 80
-
-    # 3. Rerun to the end.
-    proc = _start(args)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
-    assert "teacher reused" in stdout
-    manifest = json.loads(open(os.path.join(workdir, "iteration_1_student.json")).read())
-    assert manifest["resumed_from_step"] >= saved_step > 0
-    assert manifest["final_step"] == manifest["steps"] == 80
-    assert f"resumed from its checkpoint at step {manifest['resumed_from_step']} of 80" in stdout
-    # Same outputs as an uninterrupted run, no leftovers, no record lost or doubled.
-    assert _listing(workdir) == _listing(reference)
-    labeled = records.list_files(os.path.join(labeled_dir, "labeled-*"))
-    assert sorted(_keys(labeled)) == _source_keys(record_sets["unlabeled"])
-    beam = json.loads(open(os.path.join(workdir, "iteration_0_pseudo", "manifest.json")).read())
-    pseudo = records.list_files(os.path.join(workdir, "iteration_0_pseudo", "pseudo-*"))
-    assert len(_keys(pseudo)) == beam["out_records"] >= 4
-    assert set(_keys(pseudo)) <= set(_keys(labeled))

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 
 import tensorflow as tf
 
+from noisy_student_tf import kill_points
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.errors import ConfigError
 
@@ -140,6 +141,11 @@ def write_source_shards(
         os.path.join(output_dir, records.shard_name(prefix, i, num_shards))
         for i in range(num_shards)
     ]
+    manifest_path = os.path.join(output_dir, "manifest.json")
+    if tf.io.gfile.exists(manifest_path):  # written last: present only when all shards are
+        tf.io.gfile.remove(manifest_path)
+    for path in [*paths, manifest_path]:
+        records.remove_stale_temporaries(path)  # a killed run's
     writers = [records.AtomicWriter(p) for p in paths]
     written, failures, per_class = 0, [], {}
     try:
@@ -155,8 +161,9 @@ def write_source_shards(
         for w in writers:
             w.abort()
         raise
-    for w in writers:
+    for index, w in enumerate(writers):
         w.commit()
+        kill_points.kill_point("make_records_shard", shard=index)
     manifest = {
         "stage": "make_records",
         "records_in": written + len(failures),
@@ -170,5 +177,5 @@ def write_source_shards(
         "records_per_shard": [w.count for w in writers],
         "elapsed_s": timer.elapsed(),
     }
-    records.write_json(os.path.join(output_dir, "manifest.json"), manifest)
+    records.write_json(manifest_path, manifest)
     return manifest

@@ -34,14 +34,18 @@ bit-identical to what the pipeline feeds the model.
 
 from __future__ import annotations
 
+import os
 import sys
+import uuid
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
+from noisy_student_tf import kill_points
 from noisy_student_tf.data.preprocess import eval_preprocess, eval_resize_of
 from noisy_student_tf.errors import ConfigError
+from noisy_student_tf.manifests import TMP_MARK
 from noisy_student_tf.models.artifact import open_model
 
 # Top-5 is the second accuracy the paper reports on ImageNet (Table 2).
@@ -108,6 +112,9 @@ def export_saved_model(
         the model's own (`eval_resize_of`: "official" for a converted
         official checkpoint, whose view is then float32).
 
+    The SavedModel is written to a temporary folder beside `path` and moved
+    into place when complete (`_replace_folder`).
+
     Returns:
       `path`.
 
@@ -126,8 +133,36 @@ def export_saved_model(
     # tracing them took as long as the rest of the export (measured).
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     _bind_saved_model_api()
-    archive.write_out(path, options=options, verbose=False)
+    tmp = f"{path.rstrip('/')}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+    archive.write_out(tmp, options=options, verbose=False)
+    kill_points.kill_point("saved_model_written", path=path)
+    _replace_folder(tmp, path)
     return path
+
+
+def _replace_folder(tmp: str, path: str) -> None:
+    """Moves the finished export `tmp` to `path`, replacing an older one.
+
+    A kill leaves the old SavedModel, none (between the two steps; the loop
+    exports again on its rerun) or the new one, never a mix of old variables
+    and a new graph. A local folder moves with one rename; object stores
+    (and TF's `ram://`) rename files, not folders, so there each file moves
+    on its own with `saved_model.pb`, which readers look for, last.
+    """
+    try:
+        tf.io.gfile.rmtree(path)
+    except tf.errors.NotFoundError:  # nothing to replace (ram:// `exists` matches prefixes)
+        pass
+    if "://" not in path:
+        tf.io.gfile.rename(tmp, path)
+        return
+    files = [os.path.join(d, f) for d, _, names in tf.io.gfile.walk(tmp) for f in names]
+    files.sort(key=lambda f: os.path.basename(f) == "saved_model.pb")
+    for source in files:
+        target = os.path.join(path, source[len(tmp) :].lstrip("/"))
+        tf.io.gfile.makedirs(os.path.dirname(target))
+        tf.io.gfile.rename(source, target, overwrite=True)
+    tf.io.gfile.rmtree(tmp)
 
 
 def _endpoints(model, size: int, k: int, names, small_image, resize: str):

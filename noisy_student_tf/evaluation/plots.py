@@ -8,14 +8,13 @@ import numpy as np
 
 
 def _save(plt, fig, path: str) -> None:
-    """Writes the figure as PNG through tf.io.gfile (the folder may be a bucket) and closes it."""
-    import tensorflow as tf
+    """Writes the figure as PNG atomically through tf.io.gfile (the folder may be a bucket); closes it."""
+    from noisy_student_tf import manifests
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(buffer.getvalue())
+    manifests.write_file(path, buffer.getvalue())
 
 
 def _pyplot():

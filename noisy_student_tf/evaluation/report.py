@@ -17,6 +17,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from noisy_student_tf import manifests
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.evaluation import adversarial, corruptions, metrics, perturbations, plots
 from noisy_student_tf.models.artifact import as_artifact
@@ -151,8 +152,7 @@ def evaluate_models(
         },
     }
     result = _finite(result)
-    with tf.io.gfile.GFile(os.path.join(output_dir, "report.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    manifests.write_file(os.path.join(output_dir, "report.json"), json.dumps(result, indent=1))
     _say(log, format_table(model_reports))
     return result
 

@@ -53,6 +53,7 @@ import tensorflow as tf
 from absl import logging
 from apache_beam.transforms.window import GlobalWindows
 
+from noisy_student_tf import kill_points
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling import beam_runner, record_refs, report
@@ -278,6 +279,7 @@ class _WriteShard(beam.DoFn):
         with records.AtomicWriter(path) as writer:
             for ref in refs:
                 writer.write(data[ref])
+            kill_points.kill_point("filter_balance_shard", shard=shard)
         yield shard, writer.count
 
 
@@ -508,8 +510,19 @@ def _clear_output(output_dir: str, output_prefix: str) -> str:
       The (now absent) folder the pipeline writes its stats into.
     """
     tf.io.gfile.makedirs(output_dir)
-    for old in tf.io.gfile.glob(os.path.join(output_dir, f"{output_prefix}-*-of-*.tfrecord")):
-        tf.io.gfile.remove(old)
+    shards = os.path.join(output_dir, f"{output_prefix}-*-of-*.tfrecord")
+    # The manifest first: until the new one is written, none says "complete".
+    # Then a killed run's temporary shards and manifest (`records.TMP_MARK`).
+    manifest = os.path.join(output_dir, "manifest.json")
+    patterns = (
+        manifest,
+        shards,
+        shards + records.TMP_MARK + "*",
+        manifest + records.TMP_MARK + "*",
+    )
+    for pattern in patterns:
+        for old in tf.io.gfile.glob(pattern):
+            tf.io.gfile.remove(old)
     stats_dir = os.path.join(output_dir, "_stats")
     if tf.io.gfile.exists(stats_dir):
         tf.io.gfile.rmtree(stats_dir)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
-import tensorflow as tf
+
+from noisy_student_tf import manifests
 
 
 def plot_filter_balance(manifest: dict, output_dir: str) -> list[str]:
@@ -62,7 +64,8 @@ def _save(fig, output_dir: str, name: str) -> str:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    with tf.io.gfile.GFile(os.path.join(output_dir, name), "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    manifests.write_file(os.path.join(output_dir, name), buffer.getvalue())
     return name

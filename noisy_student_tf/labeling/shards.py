@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from noisy_student_tf import manifests
+from noisy_student_tf import kill_points, manifests
 from noisy_student_tf.data import records, schema
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.predict import softmax
@@ -427,6 +427,7 @@ def label_shards(
                 progbar,
             )
             manifests.write_json(outputs[i] + MANIFEST_SUFFIX, {**manifest, **settings, **derived})
+            kill_points.kill_point("label_shard", shard=os.path.basename(outputs[i]))
     return write_summary(output_dir, outputs, timer.elapsed())
 
 

@@ -131,6 +131,7 @@ def _start(config, workdir: str, data, strategy):
     if not strategy.extended.should_checkpoint:
         workdir = _scratch_dir(workdir, strategy)
     tf.io.gfile.makedirs(workdir)
+    stages.remove_stale_temporaries(workdir)
     manifests.write_file(os.path.join(workdir, "config.json"), config.to_json(indent=2))
     keras.utils.set_random_seed(config.seed)
     if config.get("deterministic"):

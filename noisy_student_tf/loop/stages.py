@@ -43,6 +43,24 @@ EXECUTION_KEYS = (
 )
 
 
+def remove_stale_temporaries(workdir: str) -> None:
+    """Deletes what a killed run left under temporary names (`manifests.TMP_MARK`).
+
+    Looks in the workdir and its stage folders (labeled and balanced
+    shards): shards, manifests, `.keras` files and SavedModel folders are
+    all written under such names and renamed when complete, so anything
+    still so named is a killed writer's and nothing reads it. A run owns its
+    workdir, so no live writer is removed.
+    """
+    for depth in ("", "*"):
+        pattern = os.path.join(workdir, depth, f"*{manifests.TMP_MARK}*")
+        for stale in tf.io.gfile.glob(pattern):
+            if tf.io.gfile.isdir(stale):
+                tf.io.gfile.rmtree(stale)
+            elif tf.io.gfile.exists(stale):
+                tf.io.gfile.remove(stale)
+
+
 def flat_settings(config, exclude_blocks: tuple = ()) -> dict:
     """The config as {"block.key": value}, without execution-only keys.
 
@@ -212,8 +230,10 @@ def train_model(config, strategy, sets, workdir, iteration, learned_from, unlabe
 
 def _finish_model(stage: Stage, model, stem: str, start: float, info: dict) -> float:
     """Saves the model, completes its manifest, drops its mid-fit checkpoints; the wall time."""
+    from noisy_student_tf.models.artifact import save_keras
+
     wall = time.time() - start
-    model.save(stem + ".keras")
+    save_keras(model, stem + ".keras")
     stage.finish({"wall_s": round(wall, 1), **info})
     if tf.io.gfile.exists(stem + ".ckpt"):
         tf.io.gfile.rmtree(stem + ".ckpt")
@@ -236,8 +256,10 @@ def keep_loaded_teacher(model, loaded_from: str, workdir: str) -> tuple[str, str
     stage = Stage(stem + ".json", "teacher")
     settings = {"teacher_checkpoint": loaded_from, "teacher_checkpoint_fingerprint": source}
     if not (stage.complete(settings) and tf.io.gfile.exists(stem + ".keras")):
+        from noisy_student_tf.models.artifact import save_keras
+
         stage.start(settings)
-        model.save(stem + ".keras")
+        save_keras(model, stem + ".keras")
         stage.finish({"wall_s": 0.0})
     return stem + ".keras", fingerprint(stem + ".keras")
 

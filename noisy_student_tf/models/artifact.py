@@ -32,14 +32,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import uuid
 from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from noisy_student_tf import kill_points
 from noisy_student_tf.data.preprocess import eval_resize_of
 from noisy_student_tf.errors import ConfigError
+from noisy_student_tf.manifests import TMP_MARK
 from noisy_student_tf.models import (
     layers,  # noqa: F401 - registers StochasticDepth for keras.models.load_model
     official_checkpoint,
@@ -54,6 +57,27 @@ KERAS_APPLICATIONS_SUFFIX = ".h5"
 SAVED_MODEL_GRAPH = "saved_model.pb"
 KINDS = ("keras", "saved_model", "official", "keras_applications")
 _HASH_CHUNK = 8 << 20
+
+
+def save_keras(model: keras.Model, path: str, weights_only: bool = False) -> str:
+    """Saves `model` to the `.keras` file `path` atomically: a temporary name, then rename.
+
+    Keras writes a local `.keras` zip in place, so a kill in the middle of a
+    save left a truncated file under the final name (the loop's manifests
+    kept it from being reused, but tools/label.py would read it). The
+    temporary name ends as Keras requires (`.keras`, or `.weights.h5` with
+    `weights_only`) and carries `manifests.TMP_MARK`, so the loop's sweep of
+    stale temporaries (`stages.remove_stale_temporaries`) finds it after a kill.
+
+    Returns:
+      `path`.
+    """
+    suffix = ".weights.h5" if weights_only else CHECKPOINT_SUFFIX
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}{suffix}"
+    (model.save_weights if weights_only else model.save)(tmp)
+    kill_points.kill_point("keras_saved", path=path)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return path
 
 
 def is_keras_applications_weights(path: str | os.PathLike) -> bool:

@@ -36,8 +36,8 @@ import keras
 import tensorflow as tf
 
 from noisy_student_tf.errors import ConfigError
+from noisy_student_tf.models import artifact, official_checkpoint, weights
 from noisy_student_tf.models import efficientnet as en
-from noisy_student_tf.models import official_checkpoint, weights
 
 # Published ImageNet top-1 (%), per release and variant: tensorflow/tpu
 # models/official/efficientnet/README.md, section 2's table (commit 7dc921f,
@@ -288,11 +288,11 @@ def convert_for_keras(
         name = os.path.basename(os.path.normpath(folder)) or variant
     tf.io.gfile.makedirs(output_dir)
     keras_path = os.path.join(output_dir, f"{name}.keras")
-    model.save(keras_path)
+    artifact.save_keras(model, keras_path)
     weights_path = None
     if variant in weights.KERAS_BUILDERS:
         weights_path = os.path.join(output_dir, f"{name}.weights.h5")
-        to_keras_applications(model).save_weights(weights_path)
+        artifact.save_keras(to_keras_applications(model), weights_path, weights_only=True)
     return KerasExport(
         variant=variant,
         image_size=size,

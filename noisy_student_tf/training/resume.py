@@ -28,6 +28,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from noisy_student_tf import kill_points
+
 MAX_TO_KEEP = 2  # the last save and the one before, in case the last is damaged
 
 
@@ -92,3 +94,17 @@ class StopAtStep(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) >= self.last_step:
             self.model.stop_training = True
+
+
+class KillPoint(keras.callbacks.Callback):
+    """Test-only: reaches `kill_points.kill_point(name)` after every step.
+
+    Added to fit() only when the point is armed, so a normal run pays nothing.
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def on_train_batch_end(self, batch, logs=None):
+        kill_points.kill_point(self.name, step=int(self.model.optimizer.iterations.numpy()))

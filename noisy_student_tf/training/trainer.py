@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from noisy_student_tf import kill_points
 from noisy_student_tf.data import pipeline
 from noisy_student_tf.data import preprocess as preprocessing
 from noisy_student_tf.errors import ConfigError
@@ -308,6 +309,9 @@ def _callbacks(config, name: str, total: int, start: int, checkpoint, log_dir) -
     callbacks = [resume.StopAtStep(total)]
     if checkpoint is not None and train.get("save_every_steps", 0):
         callbacks.append(resume.SaveEverySteps(checkpoint, train.save_every_steps))
+    point = f"{name.split()[0]}_step"  # teacher_step, student_step (test-only)
+    if kill_points.armed(point):
+        callbacks.append(resume.KillPoint(point))
     if config.verbose == 1:
         callbacks.append(progress.ProgressLines(name, total - start))
     if log_dir:
