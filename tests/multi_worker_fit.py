@@ -1,12 +1,13 @@
 """One worker of a 2-process MultiWorkerMirroredStrategy fit; run by test_strategy.py.
 
-  TF_CONFIG=... python tests/multi_worker_fit.py STEPS HEARTBEAT_S
+  TF_CONFIG=... python tests/multi_worker_fit.py STEPS HEARTBEAT_S [LOG_DIR]
 
 Trains a tiny NoisyStudent for STEPS steps (a short pause after each, so a
 test can kill a peer mid-run), printing `step N` per step, through
 `get_strategy("multi_worker", heartbeat_timeout_s=HEARTBEAT_S)` and inside
 `worker_failures_reported`, as a training script would. A dead peer must
-end it with a WorkerFailure, not a hang.
+end it with a WorkerFailure, not a hang. With LOG_DIR, a TensorBoard
+callback also writes the logs there (as the loop's fit does).
 """
 
 import os
@@ -58,7 +59,10 @@ def main():
         model = NoisyStudent(keras.Model(inputs, keras.layers.Dense(C)(x)), C, RATIO)
         model.compile(optimizer=keras.optimizers.SGD(0.1))
     with worker_failures_reported(strategy):
-        model.fit(ds, epochs=1, steps_per_epoch=STEPS, verbose=0, callbacks=[Pace()])
+        callbacks = [Pace()]
+        if len(sys.argv) > 3:
+            callbacks.append(keras.callbacks.TensorBoard(sys.argv[3]))
+        model.fit(ds, epochs=1, steps_per_epoch=STEPS, verbose=0, callbacks=callbacks)
     print("done", flush=True)
 
 

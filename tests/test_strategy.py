@@ -257,3 +257,13 @@ def test_killed_worker_fails_the_chief_with_a_clear_message(tmp_path):
     assert "WorkerFailure: worker 1 at 127.0.0.1:" in text
     assert "stopped responding, so worker 0 cannot go on" in text
     assert waited < 90
+
+
+def test_one_worker_multi_worker_strategy_fits_with_tensorboard(tmp_path):
+    """Without TF_CONFIG a MultiWorkerMirroredStrategy is a one-worker cluster:
+    Keras does not reduce its logs, so they must stay scalars for the callbacks
+    (they were [1] vectors, and TensorBoard stopped the fit)."""
+    proc = run_script("tests/multi_worker_fit.py", "2", "5", str(tmp_path / "logs"), env=_env())
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "step 2 loss" in proc.stdout and "done" in proc.stdout
+    assert tf.io.gfile.glob(str(tmp_path / "logs" / "train" / "events.out.tfevents.*"))

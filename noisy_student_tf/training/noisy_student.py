@@ -273,9 +273,16 @@ class NoisyStudent(keras.Model):
         self.unlabeled_loss_tracker.update_state(unl_loss)
         self.accuracy.update_state(labels, lab_logits)
         logs = {m.name: m.result() for m in self.metrics}
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        strategy = tf.distribute.get_strategy()
+        if (
+            isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()
+        ):
             # Keras reduces multi-worker logs with reduce("MEAN", axis=0),
-            # which rejects scalars; a [1] vector reduces to the scalar.
+            # which rejects scalars; a [1] vector reduces to the scalar. The
+            # condition is Keras's own (trainer.py
+            # _collective_all_reduce_multi_worker): a one-worker cluster is
+            # not reduced, and a [1] vector would reach the callbacks.
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
 
