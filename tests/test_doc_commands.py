@@ -374,6 +374,8 @@ ELSEWHERE = {
 }
 
 NOT_RUN_IN_CI = {
+    "pytest -m slow tests/test_doc_commands.py": "the slow runs of this file themselves "
+    "(several minutes per command, beyond the default run's budget)",
     "wget https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/noisystudent/"
     "noisy_student_efficientnet-b0.tar.gz": "a download (no network at test time); the "
     "official checkpoint's format is written by the test instead",
