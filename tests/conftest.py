@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -118,6 +119,17 @@ def start_script(script: str, *args: str, env: dict | None = None, **popen_kwarg
     return subprocess.Popen(
         _command(script, args), cwd=REPO, env=env or script_env(), **popen_kwargs
     )
+
+
+def loopback_cluster(num_workers: int = 2) -> dict:
+    """A TF_CONFIG `cluster` of `num_workers` workers on free loopback ports."""
+    sockets = [socket.socket() for _ in range(num_workers)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return {"worker": [f"127.0.0.1:{port}" for port in ports]}
 
 
 def one_error_line(proc) -> str:

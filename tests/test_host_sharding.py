@@ -4,12 +4,11 @@ files split before decoding, array rows split per global batch) and draws
 its own augmentation noise; with one input pipeline nothing changes."""
 
 import json
-import socket
 import subprocess
 
 import numpy as np
 import tensorflow as tf
-from conftest import script_env, source_examples, start_script, write_records
+from conftest import loopback_cluster, script_env, source_examples, start_script, write_records
 
 from noisy_student_tf.data import pipeline, records, schema
 
@@ -38,18 +37,8 @@ def _write_sets(folder):
     write_records(folder, pseudo, SHARDS, prefix="pseudo")
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _run_workers(folder, logs):
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = loopback_cluster()
     procs = []
     for index in range(2):
         env = script_env()

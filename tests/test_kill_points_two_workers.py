@@ -7,12 +7,11 @@ pytest-xdist runs it beside the other chains (a module stays on one worker).
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import tempfile
 
 import tensorflow as tf
-from conftest import start_script
+from conftest import loopback_cluster, start_script
 from test_kill_points import (
     LOOP,
     SCRIPT,
@@ -27,16 +26,6 @@ from test_kill_points import (
 )
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 class _Ended:
     """What `_killed_at` reads of a process whose output went to a log file."""
 
@@ -46,7 +35,7 @@ class _Ended:
 
 def _two_workers(workdirs, logs, point: str = "") -> list[_Ended]:
     """LOOP on a 2-worker loopback cluster (multi_worker strategy), both to their end."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = loopback_cluster()
     procs = []
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}

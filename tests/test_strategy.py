@@ -5,7 +5,6 @@ TPUStrategy needs that can be checked without a TPU (address forms, XLA
 compilation of the step, no host-side ops in it)."""
 
 import json
-import socket
 import subprocess
 import time
 
@@ -13,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import DIGITS_SMOKE, run_script, script_env, start_script, tiny_cnn
+from conftest import DIGITS_SMOKE, loopback_cluster, run_script, script_env, start_script, tiny_cnn
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.models import build_efficientnet
@@ -203,19 +202,9 @@ def test_mirrored_smoke_loop_on_two_logical_cpus(tmp_path):
     assert (workdir / "saved_model" / "saved_model.pb").exists()
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _start_workers(args_for, logs):
     """Two local processes with TF_CONFIG for a 2-worker cluster on free loopback ports."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = loopback_cluster()
     procs = []
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
