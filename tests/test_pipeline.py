@@ -216,3 +216,32 @@ def test_images_stay_paired_with_their_labels_and_targets():
         np.testing.assert_array_equal(batch["unlabeled_targets"].numpy().argmax(1), unl_ids % 5)
         seen.update(unl_ids.tolist())
     assert len(seen) == n  # two epochs of the unlabeled set: every image came through
+
+
+def test_a_second_pipeline_reuses_the_traced_preprocessing_and_gives_the_same_batches(
+    monkeypatch,
+):
+    """Each model of a loop builds new pipelines; the preprocessing graph is
+    traced once per setting and shape and reused, with unchanged outputs."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(16) % 4
+
+    def first_batch(magnitude=9):
+        prep = preprocess.TrainPreprocess(32, RandAugment(2, magnitude, seed=0), small_image=True)
+        batch = next(iter(pipeline.training_dataset((x, y), 4, preprocess=prep, seed=3)))
+        return prep, batch["images"].numpy()
+
+    prep, first = first_batch()
+    traced = preprocess._TRACED[prep.cache_key()]
+    traces = traced.experimental_get_tracing_count()
+    _, second = first_batch()
+    assert traced.experimental_get_tracing_count() == traces  # reused, not traced again
+    np.testing.assert_array_equal(first, second)
+    other, third = first_batch(magnitude=5)  # another setting: a graph of its own
+    assert other.cache_key() != prep.cache_key()
+    assert not np.array_equal(first, third)
+    # The traced graph computes what the untraced Python path computes.
+    monkeypatch.setattr(preprocess.TrainPreprocess, "cache_key", lambda self: None)
+    _, untraced = first_batch()
+    np.testing.assert_array_equal(first, untraced)

@@ -70,6 +70,8 @@ EVAL_RESIZE_ATTR = "eval_resize"
 TF1_BICUBIC_A = -0.75
 TF1_BICUBIC_TABLE_SIZE = 1024
 MODES = ("official", "randaugment_only", "none")
+# Traced TrainPreprocess graphs kept per process (see `TrainPreprocess.__call__`).
+TRACED_PREPROCESS_LIMIT = 32
 
 Augment = Callable[..., tf.Tensor]
 
@@ -499,13 +501,48 @@ class TrainPreprocess:
             self.image_size, self.randaugment, self.small_image, self.flip, self.cutout, False
         )
 
+    def cache_key(self) -> tuple | None:
+        """What decides this preprocessing's graph; None when it cannot be told
+        (a RandAugment stand-in without `get_config`)."""
+        augment = self.randaugment
+        if augment is not None and not hasattr(augment, "get_config"):
+            return None
+        settings = None if augment is None else sorted(augment.get_config().items())
+        return (
+            self.image_size,
+            type(augment).__qualname__,
+            repr(settings),
+            self.small_image,
+            self.flip,
+            self.cutout,
+            self.crop,
+        )
+
     def __call__(self, images, seed):
         """Preprocesses uint8 [B, H, W, 3] (or one [H, W, 3]) with an int [2] key.
 
         For small images the input must already be image_size; for large
         ones any size (the crop resizes), or image_size without crop.
+
+        The graph is traced once per process for each setting and input
+        shape and reused by every later pipeline (each model of a loop
+        builds new ones): tracing RandAugment's sixteen ops took 2-3 s per
+        pipeline on two CPU cores, more than a smoke model's steps. Traced
+        without AutoGraph: the ops branch with tf.cond / switch_case only.
         """
         images = tf.convert_to_tensor(images)
+        seed = _key(seed)
+        key = self.cache_key()
+        if key is None:
+            return self._apply(images, seed)
+        traced = _TRACED.get(key)
+        if traced is None:
+            if len(_TRACED) >= TRACED_PREPROCESS_LIMIT:
+                _TRACED.clear()
+            traced = _TRACED[key] = tf.function(self._apply, autograph=False)
+        return traced(images, seed)
+
+    def _apply(self, images, seed):
         keys = self.keys(seed)
         if self.small_image:
             if self.randaugment is not None:
@@ -524,6 +561,9 @@ class TrainPreprocess:
         if self.randaugment is not None:
             images = self.randaugment(images, seed=keys["randaugment"])
         return images
+
+
+_TRACED: dict[tuple, Callable] = {}
 
 
 def train_preprocess(
