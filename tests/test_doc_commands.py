@@ -288,6 +288,9 @@ RUN_HERE = {
 # Commands another test file runs (as written but for paths and sizes).
 ELSEWHERE = {
     "pip install .": "tests/test_installed_wheel.py::test_the_commands_come_from_the_wheel",
+    "python benchmarks/train_records.py": (
+        "tests/test_benchmarks.py::test_train_records_comparison_runs_quick"
+    ),
     "noisy-student": "tests/test_installed_wheel.py::test_the_smoke_loop_ran_on_the_packaged_config",
     "noisy-student --config=digits:smoke --workdir=runs/smoke": (
         "tests/test_installed_wheel.py::test_the_smoke_loop_ran_on_the_packaged_config"
