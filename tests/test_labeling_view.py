@@ -172,3 +172,62 @@ def test_an_official_teacher_labels_and_is_evaluated_on_the_official_view(pool, 
     ece = {r: metrics.calibration(p, labels)["ece"] for r, p in (("official", want), ("tf2", tf2))}
     assert abs(ece["official"] - ece["tf2"]) > 1e-6
     assert report["ece"] == pytest.approx(ece["official"], abs=1e-7)
+
+
+@keras.saving.register_keras_serializable(package="test_labeling_view")
+class Fractions(keras.layers.Layer):
+    """Logits [10 x mean |x - round(x)|, 1]: class 0 wins only on float (unrounded) pixels,
+    so a model made of it tells the official view from TF2's uint8 one."""
+
+    def call(self, x):
+        fraction = keras.ops.mean(keras.ops.abs(x - keras.ops.round(x)), axis=[1, 2, 3])
+        return keras.ops.stack([10 * fraction, 1 + 0 * fraction], axis=-1)
+
+
+def test_the_loop_labels_and_tests_with_its_in_memory_models_resize(pool, tmp_path):
+    """A `.keras` copy of an official checkpoint loses its mark: the loop passes it on."""
+    import ml_collections
+
+    from noisy_student_tf.data.sources import RecordSource
+    from noisy_student_tf.loop import data_modes, record_stages
+
+    files, encoded = pool
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, Fractions()(inputs))
+    teacher = str(tmp_path / "iteration_0_teacher.keras")
+    model.save(teacher)
+    keys = sorted(encoded)
+    official = [preprocess.eval_preprocess(encoded[k], SIZE, resize="official") for k in keys]
+    want = _softmax(model.predict(np.stack(official), verbose=0))
+    assert (want.argmax(axis=-1) == 0).all()  # on TF2's view class 1 would win
+    pseudo = ml_collections.ConfigDict({"soft": True, "temperature": 1.0, "topk": 0})
+    out = tmp_path / "labeled"
+    summary = record_stages.label(
+        teacher,
+        "sha256:x",
+        files,
+        str(out),
+        pseudo,
+        tf.distribute.get_strategy(),
+        4,
+        "pool",
+        False,
+        "official",
+    )
+    assert summary["settings"]["teacher_resize"] == "official"
+    assert summary["settings"]["teacher_small_image"] is False
+    stored = _stored(out)
+    np.testing.assert_allclose(np.stack([stored[k] for k in keys]), want, atol=1e-5)
+
+    # Test top-1 on the model's own view: all labels 0 score 1 on the official
+    # view and 0 on TF2's.
+    probe = model
+    examples = [schema.source_example(encoded[k], 0, k) for k in keys]
+    test = write_records(str(tmp_path / "test"), examples, prefix="test")
+    sets = data_modes.StreamSets.__new__(data_modes.StreamSets)  # only what test_top1 reads
+    sets.image_size, sets.num_classes = SIZE, 2
+    sets.config = ml_collections.ConfigDict({"train": {"eval_batch_size": 4}})
+    sets.data = type("Data", (), {"test": RecordSource("test", tuple(test))})()
+    assert sets.test_top1(probe, False, SIZE) == 0.0
+    setattr(probe, preprocess.EVAL_RESIZE_ATTR, "official")  # as the converter marks it
+    assert sets.test_top1(probe, False, SIZE) == 1.0

@@ -15,8 +15,8 @@ duplicated or missing records. A complete shard labeled with other settings
 (another teacher by content, soft/hard, temperature, top-k, the view's
 resize or path) is never reused silently: the rerun stops with a
 ConfigError naming the setting, or, with `overwrite=True`, relabels that
-shard. The comparison and its error are
-noisy_student_tf/manifests.py's, as for the loop's stage manifests.
+shard. The comparison and its error are noisy_student_tf/manifests.py's, as
+for the loop's stage manifests.
 
 Bad records vs faults: a record that fails to parse or whose image fails to
 decode is skipped and counted by reason. A read fault (a corrupted or
@@ -66,8 +66,9 @@ MANIFEST_SUFFIX = ".manifest.json"
 # a teacher built at a chosen size (official or keras.applications weights).
 # `teacher_resize` and `teacher_small_image` choose the view the teacher
 # labels (`TeacherView`). A manifest written before they were recorded lacks
-# them, which reads as a difference: its labels came from the former squashed
-# view, so they are relabeled (`overwrite`) rather than reused.
+# them, which manifests.differences reads as a difference ("teacher_resize:
+# (absent) -> 'tf2'"): its labels came from the former squash of the whole
+# image, so the rerun refuses the shard and `overwrite` relabels it.
 COMPARED_SETTINGS = (
     "teacher_fingerprint",
     "soft",
@@ -142,9 +143,10 @@ def make_predict(
     """Returns numpy [B, S, S, 3] pixels of `dtype` -> numpy float32 logits [B, C].
 
     `dtype` is the view's (`TeacherView.dtype`); None: the teacher's own
-    view's (float32 for an official checkpoint, else uint8). With several replicas the batch is padded to a multiple of their count
-    (repeating the last image), split in order over them, and the logits are
-    concatenated back in the same order and trimmed.
+    view's (float32 for an official checkpoint, else uint8). With several
+    replicas the batch is padded to a multiple of their count (repeating the
+    last image), split in order over them, and the logits are concatenated
+    back in the same order and trimmed.
     """
     size = teacher.image_size
     dtype = dtype or view_dtype(teacher.eval_resize)
