@@ -231,3 +231,35 @@ def test_the_loop_labels_and_tests_with_its_in_memory_models_resize(pool, tmp_pa
     assert sets.test_top1(probe, False, SIZE) == 0.0
     setattr(probe, preprocess.EVAL_RESIZE_ATTR, "official")  # as the converter marks it
     assert sets.test_top1(probe, False, SIZE) == 1.0
+
+
+def test_models_with_different_resizes_each_read_their_own_view(pool, tmp_path):
+    from noisy_student_tf.evaluation import evaluate_models
+    from noisy_student_tf.models.artifact import as_artifact
+
+    _, encoded = pool
+    inputs = keras.Input((SIZE, SIZE, 3))
+    model = keras.Model(inputs, Fractions()(inputs))
+    views = {
+        r: np.stack([preprocess.eval_preprocess(e, SIZE, resize=r) for e in encoded.values()])
+        for r in ("official", "tf2")
+    }
+    labels = np.zeros(len(encoded), np.int64)  # class 0 wins on float pixels only
+    models = [
+        as_artifact(model, "official").with_eval_resize("official"),
+        as_artifact(model, "ours"),
+    ]
+    report = evaluate_models(
+        models,
+        views,
+        labels,
+        str(tmp_path / "eval"),
+        corruption_names=["contrast"],
+        severities=[1],
+        perturbation_names=[],
+        eps=[],
+        log=None,
+    )
+    assert [(r["name"], r["top1"]) for r in report["models"]] == [("official", 1.0), ("ours", 0.0)]
+    # Corrupted copies are stored uint8 (as the benchmark's): neither model sees float pixels.
+    assert [r["corruption"]["contrast"]["1"] for r in report["models"]] == [0.0, 0.0]

@@ -5,8 +5,9 @@ calibration, the 15 corruptions x 5 severities (each corrupted set built
 once and fed to every model and the baseline), perturbation flip rates and
 FGSM / PGD. Models that read their images with different eval resizes (an
 official checkpoint beside our own) each get the same sample in their own
-view (`images` as {resize: images}). `robustness_report` is the one-model entry point for the
-training loop. docs/evaluation.md describes every key of report.json.
+view (`images` as {resize: images}). `robustness_report` is the one-model
+entry point for the training loop. docs/evaluation.md describes every key
+of report.json.
 """
 
 from __future__ import annotations
@@ -83,10 +84,8 @@ def evaluate_models(
     Args:
       models: model paths (`models.open_model`), Keras models or ModelArtifacts
         (the first one's numbers are also the report's top-level keys).
-      images: uint8 [N, S, S, 3], already in the evaluation view; or
-        {eval resize: images [N, S, S, 3]}, the same sample in each view
-        (`datasets.load_eval_data(resize=...)`), of which each model reads its
-        `eval_resize`'s (a model without its own reads "tf2").
+      images: uint8 [N, S, S, 3] in the evaluation view, or {eval resize:
+        the same sample in that view}, each model reading its `eval_resize`'s.
       labels: int [N].
       output_dir: created if needed.
       baseline: a model whose corruption errors normalise mCE (and flip
