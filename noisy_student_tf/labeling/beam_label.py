@@ -273,10 +273,13 @@ def label_with_beam(
     if todo:
         # Loaded here too: a bad teacher fails before the pipeline starts, and
         # the manifests record what the workers will load.
-        teacher = shards.load_teacher(teacher_path, image_size or None)
-        view = shards.TeacherView(teacher.image_size, small_image, settings["teacher_resize"])
-        predict = shards.make_predict(teacher, tf.distribute.get_strategy(), view.dtype)
-        derived = shards.derived_settings(teacher, predict, view)
+        view, _, derived = shards.prepared_teacher(
+            teacher_path,
+            image_size,
+            small_image,
+            settings["teacher_resize"],
+            tf.distribute.get_strategy(),
+        )
         handler = TeacherModelHandler(teacher_path, view, batch_size, soft, temperature)
         logging.info("labeling %d shards with Beam %s", len(todo), pipeline_args or "")
         result = beam_runner.run(

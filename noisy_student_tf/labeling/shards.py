@@ -446,6 +446,22 @@ def derived_settings(teacher: ModelArtifact, predict, view: TeacherView) -> dict
     }
 
 
+def prepared_teacher(
+    teacher_path: str,
+    image_size: int | None,
+    small_image: bool | None,
+    resize: str,
+    strategy: tf.distribute.Strategy,
+):
+    """(its `TeacherView`, `make_predict` on it, `derived_settings`) of a teacher,
+    loaded in `strategy`'s scope; both engines start so."""
+    with strategy.scope():
+        teacher = load_teacher(teacher_path, image_size or None)
+    view = TeacherView(teacher.image_size, small_image, resize)
+    predict = make_predict(teacher, strategy, view.dtype)
+    return view, predict, derived_settings(teacher, predict, view)
+
+
 def label_shards(
     teacher_path: str,
     input_files: list[str],
@@ -483,19 +499,15 @@ def label_shards(
         with these settings are kept, so a killed overwrite run resumes.
       image_size: input side of a teacher built from weights (official or
         keras.applications); None or 0 keeps the teacher's own.
-      small_image: the eval view's path (`TeacherView`); None picks by size.
-      resize: the eval view's resize; None: the teacher's own
-        (`ModelArtifact.eval_resize`: "official" for an official checkpoint).
-        The loop passes its in-memory model's, as a `.keras` copy of a
-        converted official checkpoint no longer carries it.
+      small_image, resize: the eval view (`TeacherView`); None: by size, and
+        the teacher's own `eval_resize` (the loop passes its in-memory model's).
 
     Returns:
       The aggregate manifest (also written to `output_dir/manifest.json`).
 
     Raises:
       ConfigError: a bad setting, or complete shards labeled with other
-        settings and `overwrite` is False (the message names the setting and
-        its old and new values).
+        settings and `overwrite` is False (naming the setting, old and new).
     """
     if not 0 <= shard_index < num_shards:
         raise ConfigError(f"--shard_index={shard_index} must be in [0, --num_shards={num_shards})")
@@ -511,11 +523,9 @@ def label_shards(
     todo = plan(outputs, mine, settings, overwrite)  # raises unless overwrite
     if todo:
         sizes = [records.count_records(input_files[i]) for i in todo]
-        with strategy.scope():
-            teacher = load_teacher(teacher_path, image_size or None)
-        view = TeacherView(teacher.image_size, small_image, settings["teacher_resize"])
-        predict = make_predict(teacher, strategy, view.dtype)
-        derived = derived_settings(teacher, predict, view)
+        view, predict, derived = prepared_teacher(
+            teacher_path, image_size, small_image, settings["teacher_resize"], strategy
+        )
         progbar = keras.utils.Progbar(sum(sizes), unit_name="image", verbose=verbose)
         for i in todo:
             manifest = label_file(
