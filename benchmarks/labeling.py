@@ -110,7 +110,7 @@ def bench_labeling(workdir: str) -> dict:
                 predict,
                 f,
                 os.path.join(out, f"labeled-{i}.tfrecord"),
-                size,
+                shards.TeacherView(size),
                 FLAGS.batch_size,
                 topk=FLAGS.topk,
             )

@@ -9,7 +9,10 @@ r"""Evaluate models: accuracy, calibration, corruptions, flips, FGSM/PGD.
 
 Any SavedModel with a signature from float32 pixels [B, H, W, 3] in 0-255 to
 logits works (docs/evaluation.md); only TensorFlow runs it. So does any other
-model file `models.open_model` opens (a loop's `.keras` checkpoint, ...). Writes
+model file `models.open_model` opens (a loop's `.keras` checkpoint, an official
+TF1 checkpoint, ...). Each model reads the evaluation view with its own resize:
+an official checkpoint the official one (TF1 bicubic, float pixels), as its
+published accuracy was measured; the others TF2's. Writes
 OUTPUT_DIR/report.json, robustness.png and per-model reliability and
 confusion plots, and prints a table.
 From a clone, `python tools/evaluate.py` takes the same flags. `--version`
@@ -102,9 +105,13 @@ def main(argv):
     size = FLAGS.image_size or (sizes.pop() if sizes else None)
     small = {"auto": None, "true": True, "false": False}[FLAGS.small_image]
     sample = report.default_sample() if FLAGS.max_examples < 0 else FLAGS.max_examples
-    images, labels, class_names = datasets.load_eval_data(
-        FLAGS.data, size, sample, FLAGS.seed, FLAGS.tfds_data_dir, small
-    )
+    # The same seeded sample in each eval view the models read, loaded once per view.
+    views = {}
+    for resize in sorted({m.eval_resize for m in models + [baseline] if m is not None}):
+        views[resize], labels, class_names = datasets.load_eval_data(
+            FLAGS.data, size, sample, FLAGS.seed, FLAGS.tfds_data_dir, small, resize
+        )
+    images = next(iter(views.values()))
     print(f"evaluating {len(models)} model(s) on {len(labels)} images of {FLAGS.data}", flush=True)
     corrupted = None
     if FLAGS.tfds_corrupted:
@@ -113,7 +120,7 @@ def main(argv):
         )
     report.evaluate_models(
         models,
-        images,
+        views,
         labels,
         FLAGS.output_dir,
         baseline=baseline,

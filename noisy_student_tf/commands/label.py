@@ -12,11 +12,14 @@ The teacher is a training-loop checkpoint (.keras), an exported SavedModel
 folder, an official TF1 EfficientNet / Noisy Student checkpoint, or a
 keras.applications EfficientNetB0-B7 weights file (.h5, .weights.h5; the
 variant is read from its weight shapes; --image_size sets the input side of
-the last two, default the variant's resolution). Each output shard is
+the last two, default the variant's resolution). The teacher labels each
+image on the evaluation view (center crop + bicubic resize for large images,
+as the official predict_label.py; an official checkpoint with the official
+TF1 resize; --small_image picks the 32 px path). Each output shard is
 written to a temporary name and renamed when complete, then its PATH.manifest.json (counts and labeling settings) is
 written; rerunning skips complete shards, so a killed job resumes without
 duplicated or missing records. A complete shard labeled with other settings
-(another teacher, --soft, --temperature, --topk) stops the rerun with an
+(another teacher, --soft, --temperature, --topk, the view) stops the rerun with an
 error naming the setting; --overwrite relabels such shards instead.
 output_dir/manifest.json aggregates the per-shard manifests. Records that
 fail to parse or decode are skipped and counted; a read fault (corrupted
@@ -65,6 +68,12 @@ flags.DEFINE_integer(
     0,
     "Input side of a teacher built from weights (official, keras.applications); "
     "0: the variant's resolution. A .keras/SavedModel teacher keeps its own.",
+)
+flags.DEFINE_enum(
+    "small_image",
+    "auto",
+    ["auto", "true", "false"],
+    "The teacher's view: the small-image (32 px) or large-image eval path; auto: by size.",
 )
 flags.DEFINE_enum(
     "engine", "job_array", ("job_array", "beam"), "job_array: this process; beam: Apache Beam."
@@ -126,6 +135,7 @@ def _labeling_args():
         output_prefix=FLAGS.prefix,
         overwrite=FLAGS.overwrite,
         image_size=FLAGS.image_size or None,
+        small_image={"auto": None, "true": True, "false": False}[FLAGS.small_image],
     )
 
 

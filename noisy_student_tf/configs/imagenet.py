@@ -47,11 +47,17 @@ Where our loop differs from the official code:
 - one `train` block for teacher and student: a B0-B4 teacher gets the
   student's 700-epoch schedule (the official EfficientNet baselines,
   tensorflow/tpu efficientnet main.py, trained 350 epochs).
-- the eval view (labeling, test accuracy) resizes with TF2 bicubic rounded
-  to uint8; the official one used TF1 resize_bicubic in float
-  (preprocessing.py). `eval_preprocess(resize="official")` reproduces it and
-  an exported official checkpoint serves it, but the loop does not use it.
-Matching the official code (no longer differences): every model at its own
+- our own models (trained by the loop) read the eval view resized with TF2
+  bicubic rounded to uint8, not TF1 resize_bicubic in float
+  (preprocessing.py): the view they were trained against (their training
+  crops are TF2-resized too), so this difference is intended.
+Matching the official code (no longer differences): the eval view (center
+crop of S/(S+32) of the shorter side + bicubic) is what a teacher labels
+(predict_label.py preprocess_image(is_training=False)) in both labeling
+engines, as well as what test accuracy, tools/evaluate.py and the exported
+SavedModel use; an official checkpoint (teacher_checkpoint, --teacher,
+--model) reads it with the official resize (TF1 resize_bicubic, float32,
+`eval_preprocess(resize="official")`) in each of them; every model at its own
 resolution (teacher.image_size, student.image_size: the B7 teacher trains,
 labels and is evaluated at 600 px, as data_input.py fed a teacher its own
 efficientnet_params size), a student may start from a checkpoint

@@ -94,11 +94,13 @@ class RecordStream:
         decodes another's images.
       image_size: the model's input side.
       small_image: the eval view's path (see `preprocess.eval_preprocess`).
+      resize: the eval view's resize (`preprocess.EVAL_RESIZES`).
     """
 
     read: Callable[[int, int], tf.data.Dataset]
     image_size: int
     small_image: bool | None = None
+    resize: str = "tf2"
 
     def map(self, fn: Callable) -> RecordStream:
         """The stream with `fn(encoded, y)` applied to every element (e.g. to its target)."""
@@ -111,8 +113,10 @@ class RecordStream:
         return dataclasses.replace(self, read=read)
 
     def decode(self, encoded: tf.Tensor) -> tf.Tensor:
-        """The eval view of one encoded image: uint8 [S, S, 3]."""
-        return preprocessing.eval_preprocess(encoded, self.image_size, self.small_image)
+        """The eval view of one encoded image: [S, S, 3], uint8 (float32 with resize="official")."""
+        return preprocessing.eval_preprocess(
+            encoded, self.image_size, self.small_image, self.resize
+        )
 
     def eval_view(self, shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
         """Pipeline `shard[0]` of `shard[1]`'s elements as (eval view, y); by default all."""
@@ -569,8 +573,11 @@ def eval_records(
     batch_size: int,
     small_image: bool | None = None,
     num_classes: int | None = None,
+    resize: str = "tf2",
 ) -> tf.data.Dataset:
-    """Batches of (uint8 images [B, S, S, 3], int64 labels [B]) in file order, eval view.
+    """Batches of (images [B, S, S, 3], int64 labels [B]) in file order, eval view.
+
+    Images are uint8, or float32 with resize="official" (`eval_preprocess`).
 
     With `num_classes`, a label outside [0, num_classes) is an error naming
     its shard and record (a test image is never skipped: that would change
@@ -581,7 +588,7 @@ def eval_records(
 
     def decode(path, index, serialized):
         encoded, label = parse(path, index, serialized)
-        return preprocessing.eval_preprocess(encoded, image_size, small_image), label
+        return preprocessing.eval_preprocess(encoded, image_size, small_image, resize), label
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -637,10 +644,12 @@ def tfds_records(
     small_image: bool | None = None,
     shuffle_files: bool = False,
     seed: int = 0,
+    resize: str = "tf2",
 ) -> tf.data.Dataset:
-    """Unbatched (uint8 image [S, S, 3], int64 label) from a prepared tfds split, eval view.
+    """Unbatched (image [S, S, 3], int64 label) from a prepared tfds split, eval view.
 
-    Images stay encoded until the map (SkipDecoding), as for record shards.
+    Images stay encoded until the map (SkipDecoding), as for record shards;
+    uint8, or float32 with resize="official".
     """
     stream = tfds_stream(name, split, image_size, data_dir, small_image, shuffle_files, seed)
-    return stream.eval_view()
+    return dataclasses.replace(stream, resize=resize).eval_view()

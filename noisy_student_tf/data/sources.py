@@ -317,16 +317,27 @@ class RecordSource:
         batch_size: int,
         small_image: bool | None,
         num_classes: int | None = None,
+        resize: str = "tf2",
     ) -> tf.data.Dataset:
-        """Batches of (uint8 images, int64 labels), eval view, in order (a test set)."""
+        """Batches of (images, int64 labels), eval view, in order (a test set).
+
+        Images are uint8, or float32 with resize="official" (`eval_preprocess`).
+        """
         from noisy_student_tf.data import pipeline
 
         if self.tfds_name:
             ds = pipeline.tfds_records(
-                self.tfds_name, self.tfds_split, image_size, self.data_dir, small_image
+                self.tfds_name,
+                self.tfds_split,
+                image_size,
+                self.data_dir,
+                small_image,
+                resize=resize,
             )
             return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        return pipeline.eval_records(self.files, image_size, batch_size, small_image, num_classes)
+        return pipeline.eval_records(
+            self.files, image_size, batch_size, small_image, num_classes, resize
+        )
 
     def source_items(self):
         """The set's records as (encoded image, label, key) for `ingest.write_source_shards`,

@@ -1,11 +1,13 @@
-"""Labeled evaluation images from TFRecord shards or a tfds split, as uint8 arrays.
+"""Labeled evaluation images from TFRecord shards or a tfds split, as arrays.
 
 `--data` is a folder or glob of shards in the record schema
 (docs/data_format.md: `image/encoded`, `image/class/label`), or
 `tfds:NAME:SPLIT`. Images get the evaluation view at the model's side
 (`data.preprocess.eval_preprocess`, the function the exported SavedModel
 applies in its graph), so every model and every corruption sees the image
-the model would see when served. Unlabeled records (label -1) are skipped.
+the model would see when served; an official checkpoint's with the official
+resize (`resize="official"`, float32 pixels, as its published accuracy).
+Unlabeled records (label -1) are skipped.
 
 With `max_examples` set, a seeded shuffle (buffer up to 100k records) picks
 the sample before decoding, so the sample is the same on every run and
@@ -81,7 +83,7 @@ def _from_records(spec: str):
     return ds, names
 
 
-def _to_arrays(ds, image_size, small_image, max_examples, seed, spec):
+def _to_arrays(ds, image_size, small_image, max_examples, seed, spec, resize="tf2"):
     ds = ds.filter(lambda x, y: y >= 0)
     if max_examples and max_examples > 0:
         ds = ds.shuffle(min(SHUFFLE_BUFFER, 10 * max_examples), seed=seed).take(max_examples)
@@ -90,7 +92,7 @@ def _to_arrays(ds, image_size, small_image, max_examples, seed, spec):
         if image.dtype == tf.string:
             image = schema.decode_image(image)
         if image_size is not None:
-            image = eval_preprocess(image, image_size, small_image)
+            image = eval_preprocess(image, image_size, small_image, resize)
         return image, tf.cast(label, tf.int64)
 
     ds = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -132,8 +134,9 @@ def load_eval_data(
     seed: int = 0,
     tfds_data_dir: str | None = None,
     small_image: bool | None = None,
+    resize: str = "tf2",
 ):
-    """(images uint8 [N, S, S, 3], labels int64 [N], class names or None).
+    """(images [N, S, S, 3], labels int64 [N], class names or None).
 
     Args:
       spec: a folder or glob of source shards, or `tfds:NAME:SPLIT`.
@@ -143,6 +146,9 @@ def load_eval_data(
       seed: the sample's shuffle seed.
       tfds_data_dir: tfds data_dir for `tfds:` specs.
       small_image: `eval_preprocess`'s path; None picks by size.
+      resize: `eval_preprocess`'s resize, the model's own
+        (`ModelArtifact.eval_resize`): "tf2" gives uint8 images, "official"
+        (an official checkpoint) float32. The sample is the same for both.
     """
     check_spec(spec)
     if spec.startswith(TFDS_PREFIX):
@@ -150,7 +156,7 @@ def load_eval_data(
     else:
         ds, names = _from_records(spec)
     try:
-        images, labels = _to_arrays(ds, image_size, small_image, max_examples, seed, spec)
+        images, labels = _to_arrays(ds, image_size, small_image, max_examples, seed, spec, resize)
     except tf.errors.InvalidArgumentError as e:  # e.g. an image that does not decode
         if spec.startswith(TFDS_PREFIX):
             raise

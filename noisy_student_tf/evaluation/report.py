@@ -3,8 +3,11 @@
 `evaluate_models` runs every model on the same images: clean accuracy and
 calibration, the 15 corruptions x 5 severities (each corrupted set built
 once and fed to every model and the baseline), perturbation flip rates and
-FGSM / PGD. `robustness_report` is the one-model entry point for the
-training loop. docs/evaluation.md describes every key of report.json.
+FGSM / PGD. Models that read their images with different eval resizes (an
+official checkpoint beside our own) each get the same sample in their own
+view (`images` as {resize: images}). `robustness_report` is the one-model
+entry point for the training loop. docs/evaluation.md describes every key
+of report.json.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ def evaluate_models(
     Args:
       models: model paths (`models.open_model`), Keras models or ModelArtifacts
         (the first one's numbers are also the report's top-level keys).
-      images: uint8 [N, S, S, 3], already in the evaluation view.
+      images: uint8 [N, S, S, 3] in the evaluation view, or {eval resize:
+        the same sample in that view}, each model reading its `eval_resize`'s.
       labels: int [N].
       output_dir: created if needed.
       baseline: a model whose corruption errors normalise mCE (and flip
@@ -99,7 +103,7 @@ def evaluate_models(
       The report dict written to report.json.
     """
     start = time.time()
-    images, labels = np.asarray(images), np.asarray(labels, np.int64)
+    images, labels = _views(images), np.asarray(labels, np.int64)
     corruption_names = corruptions.check_names(corruption_names)
     perturbation_names = perturbations.check_names(perturbation_names)
     eps = adversarial.check_eps(eps)
@@ -135,7 +139,7 @@ def evaluate_models(
         "baseline": base_report,
         "settings": {  # what was evaluated, and how
             "num_examples": int(len(labels)),
-            "image_size": int(images.shape[1]),
+            "image_size": int(next(iter(images.values())).shape[1]),
             "num_classes": int(num_classes),
             "class_names": list(class_names) if class_names else None,
             "seed": seed,
@@ -157,7 +161,27 @@ def evaluate_models(
     return result
 
 
-def _served_models(models, baseline, images: np.ndarray, eps: list):
+def _views(images) -> dict:
+    """{eval resize: np.ndarray} of `evaluate_models`' `images` (an array serves every resize)."""
+    if isinstance(images, dict):
+        return {resize: np.asarray(view) for resize, view in images.items()}
+    return {None: np.asarray(images)}
+
+
+def _view(images: dict, model) -> np.ndarray:
+    """The images `model` reads: its eval resize's view, else the only one."""
+    if None in images:
+        return images[None]
+    resize = getattr(model, "eval_resize", "tf2")
+    if resize not in images:
+        raise ConfigError(
+            f"model {model.name!r} reads the {resize!r} eval view but only "
+            f"{sorted(images)} were loaded"
+        )
+    return images[resize]
+
+
+def _served_models(models, baseline, images: dict, eps: list):
     """(served models, served baseline or None), checked against the images and attacks."""
     served = [as_artifact(m) for m in models]
     if not served:
@@ -169,7 +193,7 @@ def _served_models(models, baseline, images: np.ndarray, eps: list):
     base = as_artifact(baseline, name="baseline") if baseline is not None else None
     everyone = served + ([base] if base is not None else [])
     for m in everyone:
-        _check_size(m, images)
+        _check_size(m, _view(images, m))
     if eps:
         for m in served:
             if not m.differentiable:
@@ -181,9 +205,9 @@ def _served_models(models, baseline, images: np.ndarray, eps: list):
     return served, base
 
 
-def _clean_reports(everyone, images: np.ndarray, labels: np.ndarray, batch_size: int):
+def _clean_reports(everyone, images: dict, labels: np.ndarray, batch_size: int):
     """(one report per model with its clean-image metrics, the number of classes)."""
-    logits = [m.predict(images, batch_size) for m in everyone]
+    logits = [m.predict(_view(images, m), batch_size) for m in everyone]
     num_classes = logits[0].shape[1]
     if labels.max(initial=0) >= num_classes:
         raise ConfigError(
@@ -213,16 +237,15 @@ def _corruptions(
         for severity in severities:
             data = corrupted_source(name, severity) if corrupted_source else None
             sources[name] = "tfds" if data is not None else "tf_ops"
-            if data is None:
-                batches = corruptions.corrupted_dataset(
-                    images, labels, name, severity, seed, batch_size
-                )
-                corrupted = np.concatenate([x.numpy() for x, _ in batches])
-                corrupted_labels = labels
-            else:
-                corrupted, corrupted_labels = data
+            corrupted = {}  # per view, built once for the models reading it
             for m, report in zip(everyone, reports):
-                z = m.predict(corrupted, batch_size)
+                view = _view(images, m)
+                if id(view) not in corrupted:
+                    corrupted[id(view)] = data or _corrupted(
+                        view, labels, name, severity, seed, batch_size
+                    )
+                x, corrupted_labels = corrupted[id(view)]
+                z = m.predict(x, batch_size)
                 accuracy = metrics.top_k_accuracy(z, corrupted_labels, 1)
                 report["corruption"].setdefault(name, {})[_key(severity)] = accuracy
         _say(
@@ -239,13 +262,23 @@ def _corruptions(
     return sources
 
 
+def _corrupted(images, labels, name, severity, seed, batch_size):
+    """(the corrupted copy of `images` made by our TF ops, labels)."""
+    batches = corruptions.corrupted_dataset(images, labels, name, severity, seed, batch_size)
+    return np.concatenate([x.numpy() for x, _ in batches]), labels
+
+
 def _flip_rates(everyone, reports, images, perturbation_names, frames, batch_size, log) -> None:
     """ImageNet-P style flip rate per perturbation into each report."""
     for m, report in zip(everyone, reports):
         report["flip_rate"] = {
             p: metrics.flip_rate(
                 perturbations.sequence_predictions(
-                    lambda x, m=m: m.predict(x, batch_size), images, p, frames, batch_size
+                    lambda x, m=m: m.predict(x, batch_size),
+                    _view(images, m),
+                    p,
+                    frames,
+                    batch_size,
                 )
             )
             for p in perturbation_names
@@ -285,14 +318,14 @@ def _attacks(
         report["fgsm"] = {
             _key(e): a
             for e, a in adversarial.attack_accuracy(
-                m.logits, images, labels, eps, "fgsm", batch_size
+                m.logits, _view(images, m), labels, eps, "fgsm", batch_size
             ).items()
         }
         report["pgd"] = {
             _key(e): a
             for e, a in adversarial.attack_accuracy(
                 m.logits,
-                images,
+                _view(images, m),
                 labels,
                 eps,
                 "pgd",

@@ -14,7 +14,8 @@ Pipeline: input shards -> records (tf.data's reader, which checks CRCs: a
 corrupted file fails the pipeline, as it fails the job) -> `RunInference`
 with `TeacherModelHandler` (our own ModelHandler: Beam's TensorFlow handler
 imports tensorflow_hub), which decodes a batch as the job array does
-(shards.decoded_batch) and runs the un-noised teacher -> records with the
+(shards.decoded_batch: the teacher's eval view, shards.TeacherView) and
+runs the un-noised teacher -> records with the
 teacher's view, keyed by shard -> GroupByKey -> one writer per shard sorts
 by record index and writes the shard atomically, then its manifest.
 
@@ -67,30 +68,26 @@ class TeacherModelHandler(ModelHandler):
     def __init__(
         self,
         teacher_path: str,
-        image_size: int,
+        view: shards.TeacherView,
         batch_size: int,
         soft: bool,
         temperature: float,
     ):
         super().__init__()
         self._teacher_path = teacher_path
-        self._image_size = image_size
+        self._view = view
         self._batch_size = batch_size
         self._soft = soft
         self._temperature = temperature
 
     def load_model(self):
-        teacher = shards.load_teacher(self._teacher_path, self._image_size)
-        return shards.make_predict(teacher, tf.distribute.get_strategy())
+        teacher = shards.load_teacher(self._teacher_path, self._view.image_size)
+        return shards.make_predict(teacher, tf.distribute.get_strategy(), self._view.dtype)
 
     def run_inference(self, batch: Sequence[tuple], model, inference_args=None):
         serialized = [element[2] for element in batch]
         decoded = next(
-            iter(
-                shards.decoded_batch(
-                    np.arange(len(batch)), serialized, self._image_size, len(batch)
-                )
-            ),
+            iter(shards.decoded_batch(np.arange(len(batch)), serialized, self._view, len(batch))),
             None,
         )
         outputs = [None] * len(batch)
@@ -102,6 +99,10 @@ class TeacherModelHandler(ModelHandler):
             for j, position in enumerate(positions):
                 outputs[position] = (stored[j], float(confidence[j]))
         return [PredictionResult(e, o) for e, o in zip(batch, outputs)]
+
+    @property
+    def view(self) -> shards.TeacherView:
+        return self._view
 
     def batch_elements_kwargs(self):
         return {"min_batch_size": 1, "max_batch_size": self._batch_size}
@@ -130,15 +131,15 @@ class _ReadShard(beam.DoFn):
 class _WithTeacherView(beam.DoFn):
     """PredictionResult -> (shard, (index, labeled record or None, skip reason or None))."""
 
-    def __init__(self, input_files: list[str], image_size: int, topk: int | None):
+    def __init__(self, input_files: list[str], view: shards.TeacherView, topk: int | None):
         self._sources = [os.path.basename(f) for f in input_files]
-        self._image_size, self._topk = image_size, topk
+        self._view, self._topk = view, topk
 
     def process(self, result: PredictionResult):
         shard, index, raw = result.example
         if result.inference is None:
             try:
-                reason = shards.skip_reason(raw, self._image_size)
+                reason = shards.skip_reason(raw, self._view)
             except OSError as e:
                 raise OSError(f"{self._sources[shard]!r} record {index}: {e}") from e
             yield shard, (index, None, reason)
@@ -218,8 +219,7 @@ def build_pipeline(
     labeled = (
         read.records
         | "Teacher" >> RunInference(handler)
-        | "TeacherView"
-        >> beam.ParDo(_WithTeacherView(input_files, manifest_fields["image_size"], topk))
+        | "TeacherView" >> beam.ParDo(_WithTeacherView(input_files, handler.view, topk))
     )
     _ = (
         (read.shards, labeled)
@@ -241,13 +241,16 @@ def label_with_beam(
     overwrite: bool = False,
     image_size: int | None = None,
     pipeline_args: list[str] | None = None,
+    small_image: bool | None = None,
+    resize: str | None = None,
 ) -> dict:
     """Labels every input shard not yet labeled, with Beam; same output as shards.label_shards.
 
     Args:
       teacher_path, input_files, output_dir, soft, temperature, topk,
-        batch_size, output_prefix, overwrite, image_size: as
-        shards.label_shards (batch_size is the largest RunInference batch).
+        batch_size, output_prefix, overwrite, image_size, small_image,
+        resize: as shards.label_shards (batch_size is the largest
+        RunInference batch).
       pipeline_args: Beam options, e.g. ["--runner=DataflowRunner", ...] or
         ["--direct_running_mode=multi_processing", "--direct_num_workers=2"];
         without a runner, this machine's (beam_runner.py).
@@ -259,22 +262,25 @@ def label_with_beam(
       ConfigError: a bad setting, or complete shards labeled with other
         settings and `overwrite` is False.
     """
-    topk = shards.check_options(soft, temperature, topk, batch_size, image_size)
+    topk = shards.check_options(soft, temperature, topk, batch_size, image_size, resize)
     timer = records.Timer()
-    settings = shards.labeling_settings(teacher_path, soft, temperature, topk, image_size)
+    settings = shards.labeling_settings(
+        teacher_path, soft, temperature, topk, image_size, resize, small_image
+    )
     tf.io.gfile.makedirs(output_dir)
     outputs = shards.output_paths(output_dir, output_prefix, len(input_files))
     todo = shards.plan(outputs, list(range(len(input_files))), settings, overwrite)
     if todo:
         # Loaded here too: a bad teacher fails before the pipeline starts, and
         # the manifests record what the workers will load.
-        teacher = shards.load_teacher(teacher_path, image_size or None)
-        derived = shards.derived_settings(
-            teacher, shards.make_predict(teacher, tf.distribute.get_strategy())
+        view, _, derived = shards.prepared_teacher(
+            teacher_path,
+            image_size,
+            small_image,
+            settings["teacher_resize"],
+            tf.distribute.get_strategy(),
         )
-        handler = TeacherModelHandler(
-            teacher_path, derived["image_size"], batch_size, soft, temperature
-        )
+        handler = TeacherModelHandler(teacher_path, view, batch_size, soft, temperature)
         logging.info("labeling %d shards with Beam %s", len(todo), pipeline_args or "")
         result = beam_runner.run(
             pipeline_args,

@@ -12,23 +12,32 @@ complete, and only then its `.manifest.json` (records in, labeled, skipped by
 reason, and the labeling settings) is written. A shard whose manifest exists
 is skipped on rerun, so a killed job resumes where it stopped with no
 duplicated or missing records. A complete shard labeled with other settings
-(another teacher by content, soft/hard, temperature, top-k) is never reused
-silently: the rerun stops with a ConfigError naming the setting, or, with
-`overwrite=True`, relabels that shard. The comparison and its error are
-noisy_student_tf/manifests.py's, as for the loop's stage manifests.
+(another teacher by content, soft/hard, temperature, top-k, the view's
+resize or path) is never reused silently: the rerun stops with a
+ConfigError naming the setting, or, with `overwrite=True`, relabels that
+shard. The comparison and its error are noisy_student_tf/manifests.py's, as
+for the loop's stage manifests.
 
 Bad records vs faults: a record that fails to parse or whose image fails to
 decode is skipped and counted by reason. A read fault (a corrupted or
 truncated file, a storage error) fails the shard: no manifest is written, so
 the rerun labels it again.
 
-As in predict.py, the teacher runs un-noised (inference mode, center view).
+As in predict.py, the teacher runs un-noised (inference mode). It sees each
+pool image in the evaluation view (`TeacherView`, i.e.
+`data.preprocess.eval_preprocess`: the center crop of S / (S + 32) of the
+shorter side, bicubic-resized, for large images), as the official
+`predict_label.py` did with `preprocess_image(is_training=False)`; so a pool
+image is labeled on exactly the view the test accuracy and the exported
+SavedModel use. An official checkpoint's view takes the official resize
+(TF1 bicubic, float32), as its published accuracy did.
 `teacher/confidence` is always the temperature-1 max probability, so the
 filter threshold (0.3 in the paper) means the same whatever the temperature.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import keras
@@ -38,10 +47,16 @@ from absl import logging
 
 from noisy_student_tf import kill_points, manifests
 from noisy_student_tf.data import records, schema
+from noisy_student_tf.data.preprocess import EVAL_RESIZES, eval_preprocess
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.predict import softmax
 from noisy_student_tf.labeling.targets import pseudo_targets
-from noisy_student_tf.models.artifact import ModelArtifact, fingerprint, open_model
+from noisy_student_tf.models.artifact import (
+    ModelArtifact,
+    artifact_eval_resize,
+    fingerprint,
+    open_model,
+)
 
 MANIFEST_SUFFIX = ".manifest.json"
 # Settings that change the stored labels; a complete shard is reused only if
@@ -49,11 +64,58 @@ MANIFEST_SUFFIX = ".manifest.json"
 # moved or copied checkpoint still matches. `teacher_image_size` is the
 # requested input side (None: the teacher's own), which changes the labels of
 # a teacher built at a chosen size (official or keras.applications weights).
-COMPARED_SETTINGS = ("teacher_fingerprint", "soft", "temperature", "topk", "teacher_image_size")
+# `teacher_resize` and `teacher_small_image` choose the view the teacher
+# labels (`TeacherView`). A manifest written before they were recorded lacks
+# them, which manifests.differences reads as a difference ("teacher_resize:
+# (absent) -> 'tf2'"): its labels came from the former squash of the whole
+# image, so the rerun refuses the shard and `overwrite` relabels it.
+COMPARED_SETTINGS = (
+    "teacher_fingerprint",
+    "soft",
+    "temperature",
+    "topk",
+    "teacher_image_size",
+    "teacher_resize",
+    "teacher_small_image",
+)
 # Batches decoded at once. Measured on 8,000 32-px PNGs (2 busy CPU cores, best
 # of 3): one (flat_map) 4.4k images/s, four 7.9k, the former single
 # ignore_errors stream (which hid read faults) 8.3k.
 DECODE_BATCHES_IN_FLIGHT = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherView:
+    """The image a teacher labels: `eval_preprocess`'s view of one encoded image.
+
+    Shared by both engines (only these three values travel to Beam's
+    workers) and by `skip_reason`, so a record is classified by the same op
+    that dropped it.
+
+    Attributes:
+      image_size: the teacher's input side S.
+      small_image: eval_preprocess's path; None picks by size (small below
+        224 px), as eval_preprocess does.
+      resize: one of EVAL_RESIZES; "official" (an official checkpoint's TF1
+        bicubic) gives float32 pixels, "tf2" uint8.
+    """
+
+    image_size: int
+    small_image: bool | None = None
+    resize: str = "tf2"
+
+    @property
+    def dtype(self) -> tf.DType:
+        return view_dtype(self.resize)
+
+    def __call__(self, encoded: tf.Tensor) -> tf.Tensor:
+        """Scalar string (JPEG/PNG) -> [S, S, 3] pixels of `dtype`."""
+        return eval_preprocess(encoded, self.image_size, self.small_image, self.resize)
+
+
+def view_dtype(resize: str) -> tf.DType:
+    """The pixels' dtype of `eval_preprocess(..., resize=resize)`."""
+    return tf.float32 if resize == "official" else tf.uint8
 
 
 def load_teacher(path: str, image_size: int | None = None) -> ModelArtifact:
@@ -75,17 +137,22 @@ def load_teacher(path: str, image_size: int | None = None) -> ModelArtifact:
     return teacher
 
 
-def make_predict(teacher: ModelArtifact, strategy: tf.distribute.Strategy):
-    """Returns numpy uint8 [B, S, S, 3] -> numpy float32 logits [B, C].
+def make_predict(
+    teacher: ModelArtifact, strategy: tf.distribute.Strategy, dtype: tf.DType | None = None
+):
+    """Returns numpy [B, S, S, 3] pixels of `dtype` -> numpy float32 logits [B, C].
 
-    With several replicas the batch is padded to a multiple of their count
-    (repeating the last image), split in order over them, and the logits are
-    concatenated back in the same order and trimmed.
+    `dtype` is the view's (`TeacherView.dtype`); None: the teacher's own
+    view's (float32 for an official checkpoint, else uint8). With several
+    replicas the batch is padded to a multiple of their count (repeating the
+    last image), split in order over them, and the logits are concatenated
+    back in the same order and trimmed.
     """
     size = teacher.image_size
+    dtype = dtype or view_dtype(teacher.eval_resize)
     step = tf.function(
         teacher.logits,
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
+        input_signature=[tf.TensorSpec([None, size, size, 3], dtype)],
     )
     replicas = strategy.num_replicas_in_sync
     if replicas == 1:
@@ -124,27 +191,28 @@ def teacher_outputs(logits: np.ndarray, soft: bool, temperature: float):
     return stored.astype(np.float32), confidence.astype(np.float32)
 
 
-def decoded_batch(indices, serialized, image_size: int, batch_size: int) -> tf.data.Dataset:
-    """Records already in memory -> (index, serialized, uint8 image) batches, in order.
+def decoded_batch(indices, serialized, view: TeacherView, batch_size: int) -> tf.data.Dataset:
+    """Records already in memory -> (index, serialized, view) batches, in order.
 
     Records that fail to parse or decode are left out (their indices are
     missing); `skip_reason` classifies them afterwards. Shared by both engines
     (the job array's file reader below, the Beam model handler), so both
-    decode and resize an image the same way.
+    label an image on the same view (`view`: the eval view, not a squash of
+    the whole image).
     """
     image_only = {schema.IMAGE: tf.io.FixedLenFeature([], tf.string)}
 
     def decode(index, record):
         encoded = tf.io.parse_single_example(record, image_only)[schema.IMAGE]
-        return index, record, schema.decode_image(encoded, image_size)
+        return index, record, view(encoded)
 
     ds = tf.data.Dataset.from_tensor_slices((indices, serialized))
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.ignore_errors().batch(batch_size)
 
 
-def _decoded_dataset(path: str, image_size: int, batch_size: int) -> tf.data.Dataset:
-    """(index, serialized, uint8 image) batches of one file, in file order.
+def _decoded_dataset(path: str, view: TeacherView, batch_size: int) -> tf.data.Dataset:
+    """(index, serialized, view) batches of one file, in file order.
 
     `ignore_errors` wraps only the decoding of records already read into
     memory, one batch at a time (`decoded_batch`), so a read fault of the file
@@ -155,7 +223,7 @@ def _decoded_dataset(path: str, image_size: int, batch_size: int) -> tf.data.Dat
     # A few batches decode at once; each yields one batch (or none), so the
     # deterministic round robin keeps file order.
     return raw.interleave(
-        lambda indices, serialized: decoded_batch(indices, serialized, image_size, batch_size),
+        lambda indices, serialized: decoded_batch(indices, serialized, view, batch_size),
         cycle_length=DECODE_BATCHES_IN_FLIGHT,
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -163,9 +231,9 @@ def _decoded_dataset(path: str, image_size: int, batch_size: int) -> tf.data.Dat
     ).prefetch(2)
 
 
-def _batches(path: str, image_size: int, batch_size: int):
+def _batches(path: str, view: TeacherView, batch_size: int):
     """`_decoded_dataset` as numpy, with read faults raised as OSError naming the file."""
-    iterator = iter(_decoded_dataset(path, image_size, batch_size))
+    iterator = iter(_decoded_dataset(path, view, batch_size))
     last = -1
     while True:
         try:
@@ -181,8 +249,11 @@ def _batches(path: str, image_size: int, batch_size: int):
         yield index, serialized.numpy(), images.numpy()
 
 
-def skip_reason(serialized: bytes, image_size: int) -> str:
+def skip_reason(serialized: bytes, view: TeacherView) -> str:
     """Why a record was left out by `_decoded_dataset`, checked again eagerly.
+
+    The image is put through the same `view`, so whatever dropped it (in
+    practice a failed decode) drops it here too.
 
     Raises:
       OSError: the record parses and decodes now, so it was dropped by a fault
@@ -196,7 +267,7 @@ def skip_reason(serialized: bytes, image_size: int) -> str:
     if len(values) != 1:  # as schema.check_pseudo: exactly one image
         return "missing_image"
     try:
-        schema.decode_image(tf.constant(values[0]), image_size)
+        view(tf.constant(values[0]))
     except (tf.errors.InvalidArgumentError, ValueError):
         return "undecodable_image"
     raise OSError("a record that decodes was dropped while labeling; rerun to label it")
@@ -226,21 +297,21 @@ def label_file(
     predict,
     in_path: str,
     out_path: str,
-    image_size: int,
+    view: TeacherView,
     batch_size: int,
     soft: bool = True,
     temperature: float = 1.0,
     topk: int | None = None,
     progbar: keras.utils.Progbar | None = None,
 ) -> dict:
-    """Labels one shard into `out_path` (atomically); returns its manifest."""
+    """Labels one shard into `out_path` (atomically) on `view`; returns its manifest."""
     timer = records.Timer()
     num_in = records.count_records(in_path)  # fails early, naming a truncated file
     source = os.path.basename(in_path)
     labeled, seen = 0, []
     records.remove_stale_temporaries(out_path)
     with records.AtomicWriter(out_path) as writer:
-        for index, serialized, images in _batches(in_path, image_size, batch_size):
+        for index, serialized, images in _batches(in_path, view, batch_size):
             stored, confidence = teacher_outputs(predict(images), soft, temperature)
             for j, (i, raw) in enumerate(zip(index, serialized)):
                 writer.write(
@@ -258,7 +329,7 @@ def label_file(
             for i, raw in enumerate(records.read_records(in_path)):
                 if i in missing:
                     try:
-                        reason = skip_reason(raw, image_size)
+                        reason = skip_reason(raw, view)
                     except OSError as e:
                         raise OSError(f"{in_path!r} record {i}: {e}") from e
                     skipped[reason] = skipped.get(reason, 0) + 1
@@ -280,7 +351,12 @@ def label_file(
 
 
 def check_options(
-    soft: bool, temperature: float, topk: int | None, batch_size: int, image_size: int | None
+    soft: bool,
+    temperature: float,
+    topk: int | None,
+    batch_size: int,
+    image_size: int | None,
+    resize: str | None = None,
 ) -> int | None:
     """Validates the labeling flags shared by both engines; returns topk (None: all)."""
     if soft and temperature <= 0:
@@ -291,21 +367,38 @@ def check_options(
         raise ConfigError(f"--batch_size must be >= 1, got {batch_size}")
     if image_size is not None and image_size < 0:
         raise ConfigError(f"--image_size must be >= 1 (or 0: the teacher's own), got {image_size}")
+    if resize is not None and resize not in EVAL_RESIZES:
+        raise ConfigError(f"resize={resize!r}; expected one of {', '.join(EVAL_RESIZES)}")
     return int(topk) if topk else None
 
 
 def labeling_settings(
-    teacher_path: str, soft: bool, temperature: float, topk: int | None, image_size: int | None
+    teacher_path: str,
+    soft: bool,
+    temperature: float,
+    topk: int | None,
+    image_size: int | None,
+    resize: str | None = None,
+    small_image: bool | None = None,
 ) -> dict:
-    """The settings recorded in every shard manifest (COMPARED_SETTINGS and the path)."""
+    """The settings recorded in every shard manifest (COMPARED_SETTINGS and the path).
+
+    Args:
+      resize: the view's resize; None: the teacher's own (`ModelArtifact.eval_resize`,
+        read from the artifact's kind without loading it).
+      small_image: the view's path (None: by size).
+    """
+    teacher_fingerprint = fingerprint(teacher_path, "--teacher")  # names a missing file first
     return {
         "teacher": teacher_path,
-        "teacher_fingerprint": fingerprint(teacher_path, "--teacher"),
+        "teacher_fingerprint": teacher_fingerprint,
         "soft": bool(soft),
         # Hard labels do not depend on the temperature, so it is not recorded.
         "temperature": float(temperature) if soft else None,
         "topk": topk,
         "teacher_image_size": image_size or None,
+        "teacher_resize": resize or artifact_eval_resize(teacher_path, "--teacher"),
+        "teacher_small_image": small_image,
     }
 
 
@@ -342,15 +435,31 @@ def plan(outputs: list[str], mine: list[int], settings: dict, overwrite: bool) -
     return todo
 
 
-def derived_settings(teacher: ModelArtifact, predict) -> dict:
+def derived_settings(teacher: ModelArtifact, predict, view: TeacherView) -> dict:
     """What the manifests record about the loaded teacher (not compared on rerun)."""
     size = teacher.image_size
-    num_classes = int(predict(np.zeros((1, size, size, 3), np.uint8)).shape[-1])
+    num_classes = int(predict(np.zeros((1, size, size, 3), view.dtype.as_numpy_dtype)).shape[-1])
     return {
         "teacher_description": teacher.description,
         "image_size": size,
         "num_classes": num_classes,
     }
+
+
+def prepared_teacher(
+    teacher_path: str,
+    image_size: int | None,
+    small_image: bool | None,
+    resize: str,
+    strategy: tf.distribute.Strategy,
+):
+    """(its `TeacherView`, `make_predict` on it, `derived_settings`) of a teacher,
+    loaded in `strategy`'s scope; both engines start so."""
+    with strategy.scope():
+        teacher = load_teacher(teacher_path, image_size or None)
+    view = TeacherView(teacher.image_size, small_image, resize)
+    predict = make_predict(teacher, strategy, view.dtype)
+    return view, predict, derived_settings(teacher, predict, view)
 
 
 def label_shards(
@@ -368,6 +477,8 @@ def label_shards(
     verbose: int = 1,
     overwrite: bool = False,
     image_size: int | None = None,
+    small_image: bool | None = None,
+    resize: str | None = None,
 ) -> dict:
     """Labels this job's share of `input_files` into `output_dir`.
 
@@ -388,38 +499,40 @@ def label_shards(
         with these settings are kept, so a killed overwrite run resumes.
       image_size: input side of a teacher built from weights (official or
         keras.applications); None or 0 keeps the teacher's own.
+      small_image, resize: the eval view (`TeacherView`); None: by size, and
+        the teacher's own `eval_resize` (the loop passes its in-memory model's).
 
     Returns:
       The aggregate manifest (also written to `output_dir/manifest.json`).
 
     Raises:
       ConfigError: a bad setting, or complete shards labeled with other
-        settings and `overwrite` is False (the message names the setting and
-        its old and new values).
+        settings and `overwrite` is False (naming the setting, old and new).
     """
     if not 0 <= shard_index < num_shards:
         raise ConfigError(f"--shard_index={shard_index} must be in [0, --num_shards={num_shards})")
-    topk = check_options(soft, temperature, topk, batch_size, image_size)
+    topk = check_options(soft, temperature, topk, batch_size, image_size, resize)
     timer = records.Timer()
     strategy = strategy or tf.distribute.get_strategy()
-    settings = labeling_settings(teacher_path, soft, temperature, topk, image_size)
+    settings = labeling_settings(
+        teacher_path, soft, temperature, topk, image_size, resize, small_image
+    )
     tf.io.gfile.makedirs(output_dir)
     outputs = output_paths(output_dir, output_prefix, len(input_files))
     mine = [i for i in range(len(input_files)) if i % num_shards == shard_index]
     todo = plan(outputs, mine, settings, overwrite)  # raises unless overwrite
     if todo:
         sizes = [records.count_records(input_files[i]) for i in todo]
-        with strategy.scope():
-            teacher = load_teacher(teacher_path, image_size or None)
-        predict = make_predict(teacher, strategy)
-        derived = derived_settings(teacher, predict)
+        view, predict, derived = prepared_teacher(
+            teacher_path, image_size, small_image, settings["teacher_resize"], strategy
+        )
         progbar = keras.utils.Progbar(sum(sizes), unit_name="image", verbose=verbose)
         for i in todo:
             manifest = label_file(
                 predict,
                 input_files[i],
                 outputs[i],
-                teacher.image_size,
+                view,
                 batch_size,
                 soft,
                 temperature,

@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from noisy_student_tf import evaluation, labeling, manifests
 from noisy_student_tf.data import records, schema, sources
+from noisy_student_tf.data.preprocess import eval_resize_of
 from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.labeling.targets import pseudo_targets
@@ -179,9 +180,15 @@ class StreamSets:
         return schema.name_bad_image(source.files, "data.labeled", error, LABELED_KEPT)
 
     def test_top1(self, model: keras.Model, small_image: bool, image_size: int | None = None):
+        """Top-1 on the model's own eval view (a loaded official checkpoint: the official
+        resize, as its published accuracy)."""
         size = image_size or self.image_size
         batches = self.data.test.eval_batches(
-            size, self.config.train.eval_batch_size, small_image, self.num_classes
+            size,
+            self.config.train.eval_batch_size,
+            small_image,
+            self.num_classes,
+            eval_resize_of(model),
         )
         try:
             return evaluation.top1_accuracy(model, batches)
@@ -276,11 +283,15 @@ class RecordPool:
         return PoolLabels(None, float("nan"), self.given_folder), fingerprint
 
     def label_pool(self, model, model_path: str, fingerprint: str, iteration: int):
-        """Labels the pool's shards with `model_path` once, filters and balances them."""
-        del model  # labeled from its checkpoint, on the strategy's replicas
+        """Labels the pool's shards with `model_path` once, filters and balances them.
+
+        `model` is labeled from its checkpoint, on the strategy's replicas,
+        on its own eval view: its block's `small_image` and its eval resize.
+        """
         if self.files is None:
             return None
         config = self.config
+        block = config.teacher if iteration == 0 else config.student
         labeled_dir = os.path.join(self.workdir, f"iteration_{iteration}_labeled")
         pseudo_dir = os.path.join(self.workdir, f"iteration_{iteration}_pseudo")
         batch = config.train.eval_batch_size
@@ -294,6 +305,8 @@ class RecordPool:
             self.strategy,
             batch,
             self.spec,
+            block.small_image,
+            eval_resize_of(model),
         )
         manifest = record_stages.filter_balance(
             labeled_dir,

@@ -63,6 +63,8 @@ def label(
     strategy: tf.distribute.Strategy,
     batch_size: int,
     spec: str,
+    small_image: bool | None = None,
+    resize: str = "tf2",
 ) -> dict:
     """Labels `files` with the teacher into `output_dir`; returns label_shards' summary.
 
@@ -71,6 +73,10 @@ def label(
       fingerprint: its content hash (models.artifact.fingerprint).
       pseudo: the config's `pseudo` block (soft, temperature, topk).
       spec: the unlabeled set's config value, recorded in the stage manifest.
+      small_image, resize: the teacher's eval view (labeling.shards.TeacherView):
+        its model block's `small_image` and its in-memory model's eval resize
+        ("official" for a loaded official checkpoint, whose `.keras` copy at
+        `teacher_path` no longer says so).
     """
     from noisy_student_tf.labeling import shards
 
@@ -82,6 +88,8 @@ def label(
         "pseudo.soft": bool(pseudo.soft),
         "pseudo.temperature": float(pseudo.temperature) if pseudo.soft else None,
         "pseudo.topk": topk,
+        "teacher_resize": resize,
+        "teacher_small_image": small_image,
     }
     stage = Stage(os.path.join(output_dir, STAGE_FILE), "the labeled shards")
     if stage.complete(settings):
@@ -97,6 +105,8 @@ def label(
         batch_size=batch_size,
         strategy=strategy,
         verbose=0,
+        small_image=small_image,
+        resize=resize,
     )
     if not summary["complete"]:
         raise RuntimeError(f"labeling {output_dir} ended incomplete: {summary}")

@@ -87,7 +87,8 @@ def robustness(config, sets, data, trained: list, workdir: str) -> dict:
     Args:
       sets: the loop's view of the data (streamed or in memory).
       data: what `data.sources.load` returned.
-      trained: (name, checkpoint path) per model, in loop order.
+      trained: (name, checkpoint path, eval resize) per model, in loop order;
+        each model reads the test sample in its own eval view.
     """
     import functools
 
@@ -97,19 +98,22 @@ def robustness(config, sets, data, trained: list, workdir: str) -> dict:
 
     settings = config.evaluate
     if sets.streamed:
-        images, labels, _ = datasets.load_eval_data(
-            config.data.test,
-            sets.model_size(config.student),  # every model's (validate_config)
-            settings.sample,
-            config.seed,
-            tfds_data_dir=config.data.get("path") or None,
-            small_image=config.student.small_image,
-        )
-    else:
+        images = {}
+        for resize in sorted({resize for _, _, resize in trained}):
+            images[resize], labels, _ = datasets.load_eval_data(
+                config.data.test,
+                sets.model_size(config.student),  # every model's (validate_config)
+                settings.sample,
+                config.seed,
+                tfds_data_dir=config.data.get("path") or None,
+                small_image=config.student.small_image,
+                resize=resize,
+            )
+    else:  # arrays at the model's side: every eval view is the image itself
         images, labels = evaluation.sample_images(
             data.test_images, data.test_labels, settings.sample, config.seed
         )
-    models = [open_model(path, name=name) for name, path in trained]
+    models = [open_model(p, name=name).with_eval_resize(r) for name, p, r in trained]
     report = evaluation.evaluate_models(
         models,
         images,

@@ -41,6 +41,7 @@ from absl import logging
 
 from noisy_student_tf import evaluation, manifests
 from noisy_student_tf.data import sources
+from noisy_student_tf.data.preprocess import eval_resize_of
 from noisy_student_tf.data.sources import SemiSupervisedData, StreamingData
 from noisy_student_tf.errors import ConfigError
 from noisy_student_tf.loop import data_modes, stages
@@ -103,14 +104,14 @@ def run(
         if labels is not None:
             _fill_counts(row, labels, workdir, iteration)
         rows.append(row)
-        trained.append((_name(iteration), path))
+        trained.append((_name(iteration), path, eval_resize_of(model)))
         _print_row(row)
     if fine_tune.enabled(config):
         model, path, wall = stages.fine_tune_model(
             config, strategy, sets, model, learned_from, workdir
         )
         rows.append(_fine_tuned_row(config, model, sets, wall))
-        trained.append(("fine-tuned", path))
+        trained.append(("fine-tuned", path, eval_resize_of(model)))
         _print_row(rows[-1])
     return _finish(config, workdir, rows, trained, model, sets, data)
 

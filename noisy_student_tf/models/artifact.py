@@ -114,6 +114,16 @@ def artifact_kind(path: str, setting: str = "model") -> str:
     )
 
 
+def artifact_eval_resize(path: str, setting: str = "model") -> str:
+    """The `ModelArtifact.eval_resize` of the model at `path`, known without loading it.
+
+    Only a converted official checkpoint is marked "official"
+    (models/official_checkpoint.py); every other kind reads its images with
+    our TF2 resize.
+    """
+    return "official" if artifact_kind(path, setting) == "official" else "tf2"
+
+
 def fingerprint(path: str, setting: str = "model") -> str:
     """`sha256:HEX` of a model's (or any file's) content, so a moved copy still matches.
 
@@ -179,6 +189,7 @@ class ModelArtifact:
         self._keras_model = keras_model
         self._signature = signature  # a saved_model.Signature; holds the loaded object
         self._fingerprint = None
+        self._eval_resize = None  # set by `with_eval_resize`
         self.name = name
         self.source = source
         self.kind = kind
@@ -229,6 +240,8 @@ class ModelArtifact:
     def eval_resize(self) -> str:
         """`data.preprocess.eval_preprocess`'s resize for this model ("official"
         for a converted official checkpoint, as its published accuracy needs)."""
+        if self._eval_resize is not None:
+            return self._eval_resize
         return eval_resize_of(self._keras_model) if self._keras_model is not None else "tf2"
 
     def check_fits(
@@ -261,6 +274,13 @@ class ModelArtifact:
         """The same model under another name (one load serves several table rows)."""
         other = copy.copy(self)
         other.name = name
+        return other
+
+    def with_eval_resize(self, resize: str) -> ModelArtifact:
+        """The same model read with `resize` (the loop's `.keras` copy of a converted
+        official checkpoint, whose file no longer marks it)."""
+        other = copy.copy(self)
+        other._eval_resize = resize
         return other
 
     def logits(self, images: tf.Tensor) -> tf.Tensor:
