@@ -6,6 +6,11 @@ last runs to the end, and the workdir then matches an uninterrupted
 `deterministic=True` reference run (same records, counts, results.json
 accuracies, files) with no temporary file left. A chain costs about one
 loop plus a process start per kill.
+
+The in-memory chain is also the suite's determinism test: its last run, made
+of fresh processes that each resumed what the one before left, must write
+the reference's weights, rows, selections and pool labels bit for bit (a
+separate pair of uninterrupted deterministic runs checked nothing more).
 """
 
 import glob
