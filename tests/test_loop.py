@@ -198,35 +198,6 @@ def test_batch_must_divide_over_the_replicas():
         config_checks.validate_config(config, num_replicas=8)
 
 
-_MIRRORED_BAD_BATCH = """
-import sys, tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from noisy_student_tf.configs import digits
-from noisy_student_tf.data import load_source
-from noisy_student_tf import loop
-config = digits.get_config("smoke")
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-try:
-    loop.run(config, sys.argv[1], load_source(config.data), strategy)
-except ValueError as e:
-    print("REJECTED:", e)
-"""
-
-
-def _python(script, *args):
-    """Runs `script` in a fresh interpreter from the repository root."""
-    return run_script("-c", script, *args)
-
-
-def test_loop_under_two_replicas_rejects_an_odd_batch_before_training(tmp_path):
-    proc = _python(_MIRRORED_BAD_BATCH, str(tmp_path))
-    assert "REJECTED: train.batch_size=25 does not divide evenly" in proc.stdout, proc.stderr[
-        -2000:
-    ]
-    assert not os.path.exists(tmp_path / "iteration_0_teacher.keras")
-
-
 def _check_selection(images, teacher, config):
     """The student's pool images are the exact-balance selection, recomputed here in
     numpy from the teacher's softmax: per predicted class, the K most confident pool

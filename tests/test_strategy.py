@@ -194,6 +194,7 @@ def test_mirrored_smoke_loop_on_two_logical_cpus(tmp_path):
     assert "train.batch_size=25 does not divide evenly over the strategy's 2 replicas" in (
         refused.stderr
     )
+    assert not (tmp_path / "refused" / "iteration_0_teacher.keras").exists()  # before training
     workdir = tmp_path / "run"
     result = run_script(*command, *TINY, f"--workdir={workdir}", env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
