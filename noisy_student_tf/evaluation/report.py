@@ -137,12 +137,8 @@ def evaluate_models(
         **{k: v for k, v in model_reports[0].items()},
         "models": model_reports,
         "baseline": base_report,
-        "settings": {  # what was evaluated, and how
-            "num_examples": int(len(labels)),
-            "image_size": int(next(iter(images.values())).shape[1]),
-            "num_classes": int(num_classes),
-            "class_names": list(class_names) if class_names else None,
-            "seed": seed,
+        "settings": {
+            **_settings(labels, images, num_classes, class_names, seed, base),
             "corruptions": corruption_names,
             "severities": [int(s) for s in severities],
             "corruption_source": sources,
@@ -151,7 +147,6 @@ def evaluate_models(
             "eps": eps,
             "pgd_steps": pgd_steps,
             "pgd_step_size": pgd_step_size,
-            "mce_baseline": base.source if base is not None else None,
             "wall_s": round(time.time() - start, 1),
         },
     }
@@ -159,6 +154,18 @@ def evaluate_models(
     manifests.write_file(os.path.join(output_dir, "report.json"), json.dumps(result, indent=1))
     _say(log, format_table(model_reports))
     return result
+
+
+def _settings(labels, images, num_classes, class_names, seed, base) -> dict:
+    """What was evaluated (the report's settings besides the grids)."""
+    return {
+        "num_examples": int(len(labels)),
+        "image_size": int(next(iter(images.values())).shape[1]),
+        "num_classes": int(num_classes),
+        "class_names": list(class_names) if class_names else None,
+        "seed": seed,
+        "mce_baseline": base.source if base is not None else None,
+    }
 
 
 def _views(images) -> dict:
