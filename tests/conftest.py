@@ -33,6 +33,7 @@ DIGITS_SMOKE = "--config=experiments/configs/digits.py:smoke"
 # the end, instead of one long module running alone while the other worker
 # idles. The order changes no result.
 HEAVY_MODULES = (
+    "test_doc_commands.py",
     "test_loop.py",
     "test_configs.py",
     "test_kill_points.py",

@@ -25,7 +25,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from conftest import REPO, script_env
 
 # --- the commands of the docs ------------------------------------------------
@@ -220,10 +219,8 @@ ABLATIONS = {  # results.md: name -> the command's flags after `python experimen
     "ra_official": f"{CIFAR_CPU} {TEACHER_0} --config.num_iterations=1 "
     "--workdir=runs/abl_ra_official --config.student.randaugment_variant=official",
 }
-# The runs below take 2-7 minutes each on two cores (together longer than the
-# suite's 15-minute budget): `pytest -m slow tests/test_doc_commands.py` runs
-# them; the default run (setup.cfg) checks that every command is placed.
-SLOW = pytest.mark.slow
+# The runs below take 1.5-6 minutes each on two cores: this module is the
+# first conftest.HEAVY_MODULES hands out, so the other worker fills in.
 
 BENCHMARKS = {  # documented benchmark command -> the size flags its run here appends
     "python benchmarks/ema_overhead.py": "--steps=1 --warmup=1 --batch_size=2 --ratio=1",
@@ -377,8 +374,6 @@ ELSEWHERE = {
 }
 
 NOT_RUN_IN_CI = {
-    "pytest -m slow tests/test_doc_commands.py": "the slow runs of this file themselves "
-    "(several minutes per command, beyond the default run's budget)",
     "wget https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/noisystudent/"
     "noisy_student_efficientnet-b0.tar.gz": "a download (no network at test time); the "
     "official checkpoint's format is written by the test instead",
@@ -533,7 +528,6 @@ ingest.write_source_shards(items, sys.argv[1], 1, "test", [str(c) for c in range
 """
 
 
-@SLOW
 def test_digits_default_config_and_the_evaluation_recipe(tmp_path):
     """The default config (fewer steps) and docs/evaluation.md's recipe, in its order;
     then the seed and robustness commands of docs/results.md, teacher only."""
@@ -612,7 +606,6 @@ def _manifest(folder) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
-@SLOW
 def test_cifar10_configs_on_records_the_tools_wrote(tmp_path):
     """make_records from a tfds split and from an image folder (--prefix, --class_map)
     into one folder, cifar10_4k.py and cifar10_4k.py:smoke through the loop on it, and
@@ -683,7 +676,6 @@ B0_SIZES = (  # imagenet.py:b0 at toy sizes, as its :smoke variant shrinks it
 )
 
 
-@SLOW
 def test_imagenet_b0_recipe_step_by_step(tmp_path):
     """README's "at scale" block in its order: records, imagenet.py:b0 through the loop,
     then label -> filter/balance -> one student from the tools' output -> label again."""
@@ -779,7 +771,6 @@ def _write_records(folder, labels, seed):
     return str(folder)
 
 
-@SLOW
 def test_official_and_keras_applications_teachers_through_the_loop(tmp_path):
     """docs/models.md on a checkpoint in the official format: label with it, start the
     loop from it, convert it, and start the loop from the keras.applications file."""
@@ -832,7 +823,6 @@ def _parse_main_job_flags(argv: list[str]):
     return values.config
 
 
-@SLOW
 def test_ablations_resolve_validate_build_step(tmp_path, rng):
     """docs/results.md's ablations and second students: each command's config resolved from
     its own flags (its checkpoint path replaced) and validated, its teacher loaded the
@@ -909,14 +899,15 @@ def _jpeg_records(folder, count: int):
     return write_records(folder, examples, prefix="test")
 
 
-@SLOW
 def test_every_benchmark_runs_at_a_small_size(tmp_path):
     """Each documented benchmark command with its sizes shrunk, on records we wrote;
-    keras_applications.py --quick runs in tests/test_benchmarks.py."""
+    keras_applications.py and train_records.py run --quick in tests/test_benchmarks.py."""
     _jpeg_records(tmp_path / "cifar", 16)
     documented = [c for c in BENCHMARKS if c in documented_commands()]
     assert documented == list(BENCHMARKS)
-    scripts = {c.split()[1] for c in BENCHMARKS} | {"benchmarks/keras_applications.py"}
+    # keras_applications.py and train_records.py: their --quick runs in tests/test_benchmarks.py.
+    scripts = {c.split()[1] for c in BENCHMARKS}
+    scripts |= {"benchmarks/keras_applications.py", "benchmarks/train_records.py"}
     assert scripts == {
         p for p in glob.glob("benchmarks/*.py", root_dir=REPO) if not p.endswith("rounds.py")
     }  # rounds.py: the shared timing helper, tested in tests/test_benchmarks.py
