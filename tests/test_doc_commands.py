@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -713,9 +714,33 @@ def test_imagenet_b0_recipe_step_by_step(tmp_path):
         manifest = _manifest(labeled)
         assert manifest["complete"] and manifest["labeled"] == 12, labeled
     assert _manifest(work / "pseudo")["in"] == 12
-    student = json.loads((tmp_path / "student" / "results.json").read_text())
-    assert [r["role"] for r in student["models"]] == ["student"]
-    assert (tmp_path / "student" / "saved_model" / "saved_model.pb").exists()
+    # One student from the tools' output: no teacher trained, its selection read
+    # from the folder's manifest, the teacher it learned from named by content.
+    student_dir = tmp_path / "student"
+    (row,) = json.loads((student_dir / "results.json").read_text())["models"]
+    assert (row["role"], row["iteration"], row["kept"]) == ("student", 1, None)
+    assert not list(student_dir.glob("iteration_0_*"))
+    settings = json.loads((student_dir / "iteration_1_student.json").read_text())["settings"]
+    assert settings["learned_from"].startswith("sha256:")
+    assert (student_dir / "saved_model" / "saved_model.pb").exists()
+    # A pseudo-labeled folder over other classes (its manifest says 5) is refused
+    # before training, in one line.
+    other = tmp_path / "pseudo_5"
+    shutil.copytree(work / "pseudo", other)
+    manifest = _manifest(other) | {"num_classes": 5}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    command = sized(B0_STUDENT, paths | {"/work/pseudo": other, "runs/": f"{tmp_path}/5_"})
+    proc = subprocess.run(
+        ["bash", "-c", " ".join([command, *map(shlex.quote, B0_SIZES)])],
+        cwd=REPO,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "holds pseudo labels over 5 classes but data.num_classes=4" in proc.stderr
+    assert not list((tmp_path / "5_student").glob("*.keras"))  # nothing trained
 
 
 WRITE_OFFICIAL_CHECKPOINT = """
