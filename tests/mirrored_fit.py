@@ -7,7 +7,8 @@ this runs in its own process and prints one JSON line of findings:
   2-replica step must equal the 1-replica step on the same global batch),
   offline and online: final weights and losses of both runs;
 * a subclassed student with batch norm, unbuilt until fit(): it builds,
-  trains, and its averaged statistics differ from the raw ones;
+  trains, its averaged statistics differ from the raw ones, and both
+  replicas hold the same moving statistics and shadows;
 * a NaN batch under the strategy: the step is skipped on both replicas;
 * a student with synchronised batch norm (what EfficientNet's
   `sync_batch_norm=True` builds), offline and online: the 2-replica step
@@ -157,6 +158,17 @@ def main() -> None:
         ),
         "averaged_vs_raw_bn_stats": max_difference(
             [student.weights[i].numpy() for i in stats], [raw[i] for i in stats]
+        ),
+        # Each replica's copy of the moving statistics and their shadows.
+        "replica_bn_stats_apart": max_difference(
+            *zip(
+                *(
+                    [c.numpy() for c in v.value.values]
+                    for v in [student.norm.moving_mean, student.norm.moving_variance]
+                    + model.average.shadows
+                ),
+                strict=True,
+            )
         ),
     }
 

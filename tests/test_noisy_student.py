@@ -220,6 +220,7 @@ def test_mirrored_strategy_matches_one_device():
     assert sub["built"] and np.isfinite(sub["loss"]) and sub["num_shadows"] == 8
     assert sub["student_holds_average"] == 0.0
     assert sub["averaged_vs_raw_bn_stats"] > 1e-4
+    assert sub["replica_bn_stats_apart"] == 0.0  # NoisyStudent._average_bn_stats
     nan = report["nan"]
     assert "not finite" in nan["error"] and "step 1" in nan["error"]
     assert nan["changed"] == 0.0 and nan["iterations_advanced"] == 0 and nan["count"] == 1.0

@@ -84,8 +84,8 @@ class MovingAverage(keras.layers.Layer):
         """shadow -= (1 - d_t) * (shadow - variable), per replica.
 
         Runs in a replica context after the optimizer has applied the step:
-        each replica averages its own copies, as each keeps its own batch-norm
-        statistics under MirroredStrategy.
+        each replica averages its own copies (the same values on every
+        replica, as the train step keeps the batch-norm statistics equal).
         """
         rate = 1.0 - ramped_decay(self.decay, num_updates)
         for shadow, source in zip(self.shadows, self.sources):

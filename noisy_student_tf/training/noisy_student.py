@@ -239,6 +239,7 @@ class NoisyStudent(keras.Model):
             # Gradients are summed across replicas; scale so they average.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(total / replicas)
+        self._average_bn_stats()
         # The list the optimizer was built with; the frozen teacher has none.
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
@@ -251,6 +252,29 @@ class NoisyStudent(keras.Model):
         )
         self.nonfinite_tracker.update_state(tf.logical_not(finite))
         return self._update_metrics(total, lab_loss, unl_loss, data["labels"], lab_logits)
+
+    def _average_bn_stats(self) -> None:
+        """Sets every replica's batch-norm moving statistics to their mean over the replicas.
+
+        Each replica normalises with its own batch's moments (the official
+        per-core batch norm), and Keras 3 updates a moving statistic on the
+        replica that computed it only (its variables aggregate "none"), so
+        without this the replicas, one per worker under MultiWorkerMirrored,
+        drift apart: the chief saved its own statistics while the pool was
+        labeled and the test set scored by the replicas' different ones, and
+        a teacher reloaded from the saved file did not label as it had.
+        Keras 2 kept these statistics per replica and read their mean (ON_READ
+        with MEAN aggregation); as the moving average is linear in the batch
+        moments, the mean kept here at every step is that same value, and one
+        model then exists on every replica to checkpoint, save and resume.
+        """
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1 or not self._bn_stats:
+            return
+        values = [tf.identity(v.value) for v in self._bn_stats]
+        means = context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
+        for variable, mean in zip(self._bn_stats, means, strict=True):
+            variable.assign(mean)
 
     def _apply(self, grads, variables):
         self.optimizer.apply(grads, variables)
