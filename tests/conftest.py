@@ -29,9 +29,9 @@ DIGITS_SMOKE = "--config=experiments/configs/digits.py:smoke"
 
 # The modules with the most work, heaviest first (worker-seconds of a full
 # run at 2a27238). pytest-xdist's loadscope hands modules to workers in
-# collection order, so the longest go first and the short ones fill in at
-# the end, instead of one long module running alone while the other worker
-# idles. The order changes no result.
+# collection order (setup.cfg: --no-loadscope-reorder), so the longest go
+# first and the short ones fill in at the end, instead of one long module
+# running alone while the other worker idles. The order changes no result.
 HEAVY_MODULES = (
     "test_doc_commands.py",
     "test_loop.py",
