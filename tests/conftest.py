@@ -27,36 +27,6 @@ import pytest  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_SMOKE = "--config=experiments/configs/digits.py:smoke"
 
-# The modules with the most work, heaviest first (worker-seconds of a full
-# run at 2a27238). pytest-xdist's loadscope hands modules to workers in
-# collection order (setup.cfg: --no-loadscope-reorder), so the longest go
-# first and the short ones fill in at the end, instead of one long module
-# running alone while the other worker idles. The order changes no result.
-HEAVY_MODULES = (
-    "test_doc_commands.py",
-    "test_loop.py",
-    "test_configs.py",
-    "test_kill_points.py",
-    "test_streaming_loop.py",
-    "test_kill_points_two_workers.py",
-    "test_models.py",
-    "test_strategy.py",
-    "test_cifar_cpu.py",
-    "test_weak_spots.py",
-    "test_export.py",
-    "test_tools_cli.py",
-    "test_loop_seam.py",
-    "test_notebook.py",
-    "test_data_checks.py",
-    "test_installed_wheel.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    """Heaviest modules first (`HEAVY_MODULES`); the rest keep their order."""
-    rank = {name: i for i, name in enumerate(HEAVY_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
 
 def tiny_cnn(num_classes: int = 3, dropout: float = 0.0, size: int = 8) -> keras.Model:
     """Conv-BN-pool-dropout-dense: enough to exercise batch norm and dropout."""

@@ -220,8 +220,7 @@ ABLATIONS = {  # results.md: name -> the command's flags after `python experimen
     "ra_official": f"{CIFAR_CPU} {TEACHER_0} --config.num_iterations=1 "
     "--workdir=runs/abl_ra_official --config.student.randaugment_variant=official",
 }
-# The runs below take 1.5-6 minutes each on two cores: this module is the
-# first conftest.HEAVY_MODULES hands out, so the other worker fills in.
+# The runs below take 2.5-5 minutes each on two busy cores.
 
 BENCHMARKS = {  # documented benchmark command -> the size flags its run here appends
     "python benchmarks/ema_overhead.py": "--steps=1 --warmup=1 --batch_size=2 --ratio=1",
