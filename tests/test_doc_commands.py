@@ -226,6 +226,7 @@ BENCHMARKS = {  # documented benchmark command -> the size flags its run here ap
     "python benchmarks/ema_overhead.py": "--steps=1 --warmup=1 --batch_size=2 --ratio=1",
     "python benchmarks/train_step.py --quick": "--batch_size=2 --ratio=1 --mirrored=false",
     "python benchmarks/model_table.py": "efficientnet-b0",
+    "python benchmarks/trace_time.py": "--quick --batch_size=2",
     "python benchmarks/labeling.py": "--image_size=32 --num_images=8 --label_classes=4 "
     "--batch_size=4 --rounds=1 --num_records=64 --num_classes=4 --num_files=2 --beam_workers=0",
     "python benchmarks/scale.py": "--num_records=64 --records_per_shard=32 --distinct_images=8 "
@@ -461,7 +462,9 @@ def run_commands(commands: list[str], tmp_path, timeout: float = 1800):
     failing command stops the script, and its output is in the assertion.
     """
     env = script_env(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
-    script = "set -euo pipefail\n" + "\n".join(f"echo '+ {i}'\n{c}" for i, c in enumerate(commands))
+    script = "set -euo pipefail\n" + "\n".join(
+        f'echo "+ {i} at $SECONDS s"\n{c}' for i, c in enumerate(commands)
+    )
     (tmp_path / "commands.sh").write_text(script)
     proc = subprocess.run(
         ["bash", str(tmp_path / "commands.sh")],
@@ -472,6 +475,7 @@ def run_commands(commands: list[str], tmp_path, timeout: float = 1800):
         timeout=timeout,
     )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+    print(*(line for line in proc.stdout.splitlines() if line.startswith("+ ")), sep="\n")
     return proc
 
 
@@ -543,7 +547,15 @@ def test_digits_default_config_and_the_evaluation_recipe(tmp_path):
             sized(EVALUATE_TWO, paths, *SMALL_GRIDS),
             sized(EVALUATE_ONE, paths),  # the tool's default flags and grids, on 3 images
             sized(SEED_RUN, paths, *DIGITS_SIZES, *teacher_only),
-            sized(ROBUSTNESS_RUN, paths, *DIGITS_SIZES, *teacher_only, *LOOP_SMALL_GRIDS),
+            # The report of the teacher the first run wrote (loaded: no second training).
+            sized(
+                ROBUSTNESS_RUN,
+                paths,
+                *DIGITS_SIZES,
+                *teacher_only,
+                *LOOP_SMALL_GRIDS,
+                f"--config.teacher_checkpoint={ev / 'digits150' / 'iteration_0_teacher.keras'}",
+            ),
         ],
         tmp_path,
     )

@@ -4,11 +4,13 @@ import math
 
 import keras
 import ml_collections
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from noisy_student_tf.cli import ConfigError
 from noisy_student_tf.training import WarmupSchedule, build_optimizer
-from noisy_student_tf.training.optimization import decay_epochs_for_final_lr
+from noisy_student_tf.training.optimization import FusedAdam, decay_epochs_for_final_lr
 
 
 def _train(**overrides):
@@ -103,7 +105,7 @@ def test_constant_stays_at_peak():
     [
         ("rmsprop", keras.optimizers.RMSprop, dict(rho=0.9, momentum=0.9, epsilon=1e-3)),
         ("sgd", keras.optimizers.SGD, dict(momentum=0.9, nesterov=True)),
-        ("adam", keras.optimizers.Adam, {}),
+        ("adam", FusedAdam, {}),
     ],
 )
 def test_each_optimizer_name(name, cls, settings):
@@ -143,3 +145,39 @@ def test_schedule_config_round_trips():
         [float(lr(s)) for s in (10, 100, 400)]
     )
     assert again.decay_steps == pytest.approx(60.0) and again.warmup_steps == 37
+
+
+def _adam_steps(optimizer, steps: int, graph: bool):
+    """Weights and slots after `steps` updates of two variables with seeded gradients."""
+    rng = np.random.default_rng(0)
+    variables = [
+        keras.Variable(rng.normal(size=shape).astype("float32")) for shape in ((3, 4), (4,))
+    ]
+    optimizer.build(variables)
+    apply = lambda grads: optimizer.apply(grads, variables)  # noqa: E731
+    apply = tf.function(apply) if graph else apply
+    for _ in range(steps):
+        apply([tf.constant(rng.normal(size=v.shape), tf.float32) for v in variables])
+    slots = optimizer._momentums + optimizer._velocities
+    return [v.numpy() for v in variables + slots]
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_fused_adam_is_kerass_adam_to_rounding(graph):
+    fused = _adam_steps(FusedAdam(0.01), 6, graph)
+    reference = _adam_steps(keras.optimizers.Adam(0.01), 6, graph)
+    for got, want in zip(fused, reference, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(fused[0], _adam_steps(FusedAdam(0.01), 5, graph)[0])
+
+
+def test_fused_adam_traces_one_update_op_per_variable():
+    # The point of FusedAdam: the step's shared scalars are built once per graph.
+    optimizer = FusedAdam(0.01)
+    variables = [keras.Variable(np.zeros(shape, "float32")) for shape in ((3, 4), (4,), (2,))]
+    optimizer.build(variables)
+    grads = [tf.ones(v.shape) for v in variables]
+    apply = tf.function(lambda grads: optimizer.apply(grads, variables))
+    graph = apply.get_concrete_function(grads).graph
+    kinds = [op.type for op in graph.get_operations()]
+    assert kinds.count("ResourceApplyAdam") == 3 and kinds.count("Pow") == 2
