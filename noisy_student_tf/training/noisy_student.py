@@ -221,13 +221,19 @@ class NoisyStudent(keras.Model):
         if optimizer and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
 
-    def _build_before_tracing(self, images_shape) -> None:
+    def _build_before_tracing(self, images) -> None:
         """Builds the wrapper, the average and the optimizer's slots now, under the
         model's strategy. Variables first created inside the traced step would make
-        tf.function trace it twice (about 10 s more per model on CPU)."""
+        tf.function trace it twice (about 10 s more per model on CPU).
+
+        Args:
+          images: a batch of images or its spec (None: nothing to build from);
+            its shape is read only if the model is not built yet (a distributed
+            dataset's spec has none, and fit() builds before distributing).
+        """
         with self.distribute_strategy.scope():
-            if not self.built and images_shape is not None:
-                self.build(images_shape)
+            if not self.built and images is not None:
+                self.build(images.shape)
             if self.built and self.optimizer is not None and not self.optimizer.built:
                 self.optimizer.build(self.trainable_variables)
 
@@ -238,7 +244,7 @@ class NoisyStudent(keras.Model):
         # (keras-team/keras#20585).
         x = data_batch[0] if isinstance(data_batch, tuple) else None
         if isinstance(x, dict) and "images" in x:
-            self._build_before_tracing(x["images"].shape)
+            self._build_before_tracing(x["images"])
         if self.built and (self.optimizer is None or self.optimizer.built):
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
@@ -342,8 +348,7 @@ class NoisyStudent(keras.Model):
         # Build before the callbacks start (BackupAndRestore loads the
         # shadows and slots in on_train_begin), under the model's strategy.
         spec = getattr(bound.arguments.get("x"), "element_spec", None)
-        has_images = isinstance(spec, dict) and "images" in spec
-        self._build_before_tracing(spec["images"].shape if has_images else None)
+        self._build_before_tracing(spec.get("images") if isinstance(spec, dict) else None)
         history = super().fit(*bound.args, **bound.kwargs)
         if self.average is not None:
             self.average.copy_to_variables(self.distribute_strategy)
