@@ -224,7 +224,7 @@ class NoisyStudent(keras.Model):
     def _build_before_tracing(self, images) -> None:
         """Builds the wrapper, the average and the optimizer's slots now, under the
         model's strategy. Variables first created inside the traced step would make
-        tf.function trace it twice (about 10 s more per model on CPU).
+        tf.function trace the whole step a second time.
 
         Args:
           images: a batch of images or its spec (None: nothing to build from);
