@@ -35,7 +35,6 @@ bit-identical to what the pipeline feeds the model.
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Sequence
 
@@ -125,16 +124,11 @@ def export_saved_model(
     size = _image_size(model)
     k, names = _check_head(model, class_names, top_k)
     resize = resize or eval_resize_of(model)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    for name, fn, input_signature in _endpoints(model, size, k, names, small_image, resize):
-        archive.add_endpoint(name=name, fn=fn, input_signature=input_signature)
     # Custom gradients only matter to code that trains the loaded model;
     # tracing them took as long as the rest of the export (measured).
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    _bind_saved_model_api()
     tmp = f"{path.rstrip('/')}{TMP_MARK}{uuid.uuid4().hex[:8]}"
-    archive.write_out(tmp, options=options, verbose=False)
+    _write(model, _endpoints(model, size, k, names, small_image, resize), tmp, options)
     kill_points.kill_point("saved_model_written", path=path)
     _replace_folder(tmp, path)
     return path
@@ -227,27 +221,34 @@ def _endpoints(model, size: int, k: int, names, small_image, resize: str):
     return endpoints
 
 
-def _bind_saved_model_api() -> None:
-    """Registers TF's loaded `tf.saved_model` API modules under their public names.
+def _write(model: keras.Model, endpoints, path: str, options) -> None:
+    """Saves the model's variables and the endpoints' signatures to `path`.
 
-    Keras 3 (`saved_model_export_archive._filter_and_track_resources`, read
-    in keras 3.15) runs `from tensorflow.saved_model.experimental import
-    TrackableResource` inside `write_out`. TensorFlow binds `tf.saved_model`
-    as an attribute (the module `tensorflow._api.v2.saved_model`) and never
-    registers `tensorflow.saved_model` in `sys.modules`, so unless something
-    imported that name earlier, this one import searches `tensorflow.__path__`
-    on disk at the very end of a run and loads a second copy of the module.
-    A run that had trained for minutes failed right there with
-    `ModuleNotFoundError: No module named 'tensorflow.saved_model'` (issue
-    20), while processes that had imported the name earlier (the test suite)
-    never did. Binding the names to the modules TensorFlow already loaded
-    makes the export independent of the import system's state.
+    The object saved holds only what the signatures need: the model's
+    variables (as `variables`, `trainable_variables` and
+    `non_trainable_variables`) and one tf.function per endpoint, each also an
+    attribute of the loaded object. Keras's `ExportArchive` saved the same,
+    but first walked every object the model reaches to look for lookup tables
+    (an EfficientNet has none), which took about a third of a small model's
+    export (measured), and it imported `tensorflow.saved_model` by name
+    inside that walk: TensorFlow never registers that name, so a process
+    that had not imported it before searched the disk at the end of a long
+    run and failed there with `ModuleNotFoundError` (issue 20).
     """
-    for name, module in (
-        ("tensorflow.saved_model", tf.saved_model),
-        ("tensorflow.saved_model.experimental", tf.saved_model.experimental),
-    ):
-        sys.modules.setdefault(name, module)
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.variables = list(model.variables)
+    root.trainable_variables = list(model.trainable_variables)
+    root.non_trainable_variables = list(model.non_trainable_variables)
+    signatures = {}
+    for name, fn, input_signature in endpoints:
+        function = tf.function(fn, input_signature=input_signature, autograph=False)
+        setattr(root, name, function)
+        signatures[name] = function.get_concrete_function()
+    # The TF variables the graphs read, tracked themselves: a TF1 loader
+    # (`saved_model_cli run`, TF Serving) finds them by name in the graph.
+    used = {id(v): v for f in signatures.values() for v in f.variables}
+    root._all_variables = list(used.values())
+    tf.saved_model.save(root, path, signatures=signatures, options=options)
 
 
 def load_saved_model(path: str):
