@@ -487,11 +487,6 @@ def sized(command: str, paths: dict, *flags: str) -> str:
     return " ".join([command, *map(shlex.quote, flags)])
 
 
-def python_snippet(code: str) -> str:
-    """A setup step the docs leave to the reader (e.g. writing test shards)."""
-    return f"python -c {shlex.quote(code)}"
-
-
 # A two-step teacher, one step per epoch: the plumbing, not the accuracy.
 DIGITS_SIZES = (
     "--config.train.teacher_epochs=1",
@@ -521,15 +516,17 @@ LOOP_SMALL_GRIDS = (
     "--config.evaluate.eps=(2,)",
     "--config.evaluate.pgd_steps=1",
 )
-WRITE_DIGITS_TEST = """
-import sys
-from noisy_student_tf.data import ingest, schema
-from noisy_student_tf.data.sources import load_digits
-data = load_digits(5, 36, 32, 0)
-items = ((schema.encode_png(x), int(y), f"test/{i}".encode())
-         for i, (x, y) in enumerate(zip(data.test_images[:3], data.test_labels[:3])))
-ingest.write_source_shards(items, sys.argv[1], 1, "test", [str(c) for c in range(10)])
-"""
+
+
+def _write_digits_test(folder) -> None:
+    """Test shards of 3 digits (a setup step the docs leave to the reader), written here."""
+    from noisy_student_tf.data import ingest, schema
+    from noisy_student_tf.data.sources import load_digits
+
+    data = load_digits(5, 36, 32, 0)
+    pairs = zip(data.test_images[:3], data.test_labels[:3], strict=True)
+    items = ((schema.encode_png(x), int(y), f"test/{i}".encode()) for i, (x, y) in enumerate(pairs))
+    ingest.write_source_shards(items, str(folder), 1, "test", [str(c) for c in range(10)])
 
 
 def test_digits_default_config_and_the_evaluation_recipe(tmp_path):
@@ -539,9 +536,9 @@ def test_digits_default_config_and_the_evaluation_recipe(tmp_path):
     paths = {"/tmp/ev": ev, "WORKDIR": ev / "digits150", "/data/digits_test": ev / "digits_test"}
     paths |= {"/tmp/eval": tmp_path / "eval", "runs/": f"{tmp_path}/", "=S": "=1", "seedS": "seed1"}
     teacher_only = ("--config.num_iterations=0",)
+    _write_digits_test(ev / "digits_test")
     run_commands(
         [
-            python_snippet(WRITE_DIGITS_TEST) + f" {ev / 'digits_test'}",
             sized(DIGITS_DEFAULT, paths, *DIGITS_SIZES),
             sized(EXPORT_TEACHER, paths),
             sized(EVALUATE_TWO, paths, *SMALL_GRIDS),
@@ -574,21 +571,20 @@ def test_digits_default_config_and_the_evaluation_recipe(tmp_path):
     assert os.path.exists(tmp_path / "digits_robustness" / "robustness" / "report.json")
 
 
-WRITE_IMAGE_FOLDER = """
-import json, os, sys
-import numpy as np
-from noisy_student_tf.data import schema
-root, names, count = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
-if sys.argv[2].startswith("@"):  # the class names of a class_map.json
-    names = list(json.load(open(sys.argv[2][1:])))
-rng = np.random.default_rng(len(root))
-for name in names:  # "." writes a flat folder: unlabeled images
-    os.makedirs(os.path.join(root, name), exist_ok=True)
-    for i in range(count):
-        image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        with open(os.path.join(root, name, f"{i}.png"), "wb") as f:
-            f.write(schema.encode_png(image))
-"""
+def _write_image_folder(root, names, count: int) -> None:
+    """`count` random 32 px PNGs per class folder of `names` ("." : a flat folder of
+    unlabeled images); a setup step the docs leave to the reader, written here."""
+    from noisy_student_tf.data import schema
+
+    rng = np.random.default_rng(len(str(root)))
+    for name in names:
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(count):
+            image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            with open(os.path.join(root, name, f"{i}.png"), "wb") as f:
+                f.write(schema.encode_png(image))
+
+
 # The tool's own script, under tfds' mock data (no download): its flags and main as written.
 UNDER_MOCK_TFDS = """
 import runpy, sys
@@ -629,10 +625,12 @@ def test_cifar10_configs_on_records_the_tools_wrote(tmp_path):
     paths |= {"../shared/data/cifar10": cifar, "runs/cifar10_4k_cpu": tmp_path / "c4k"}
     paths |= {"runs/eval": tmp_path / "eval"}
     run_commands(
+        [sized(TFDS_RECORDS, paths).replace("python tools/make_records.py", mock)], tmp_path
+    )
+    # A test folder of one image per class, named as the tfds split names them.
+    _write_image_folder(images, list(json.loads((cifar / "class_map.json").read_text())), 1)
+    run_commands(
         [
-            sized(TFDS_RECORDS, paths).replace("python tools/make_records.py", mock),
-            # A test folder of one image per class, named as the tfds split names them.
-            python_snippet(WRITE_IMAGE_FOLDER) + f" {images} @{cifar / 'class_map.json'} 1",
             sized(TEST_RECORDS, paths),
             sized(CIFAR_DEFAULT, paths, f"--workdir={tmp_path / 'c4k'}", *CIFAR_SIZES),
             # The config's docstring command, :smoke, on the same records.
@@ -698,12 +696,12 @@ def test_imagenet_b0_recipe_step_by_step(tmp_path):
     paths |= {"--num_shards=64": "--num_shards=1", "--images_per_class=130000": ""}
     paths |= {"--num_output_shards=1024": "--num_output_shards=1"}
     paths |= {"--threshold=0.3": "--threshold=0.0"}  # a 1-step teacher is not confident yet
-    classes = "n01,n02,n03,n04"
+    classes = ("n01", "n02", "n03", "n04")
+    _write_image_folder(tmp_path / "in1k" / "train", classes, 3)
+    _write_image_folder(tmp_path / "in1k" / "val", classes, 2)
+    _write_image_folder(tmp_path / "pool_images", ".", 12)
     run_commands(
         [
-            python_snippet(WRITE_IMAGE_FOLDER) + f" {tmp_path / 'in1k' / 'train'} {classes} 3",
-            python_snippet(WRITE_IMAGE_FOLDER) + f" {tmp_path / 'in1k' / 'val'} {classes} 2",
-            python_snippet(WRITE_IMAGE_FOLDER) + f" {tmp_path / 'pool_images'} . 12",
             sized(TRAIN_RECORDS, paths),
             sized(POOL_RECORDS, paths),
             sized(TEST_RECORDS, paths),
@@ -754,30 +752,36 @@ def test_imagenet_b0_recipe_step_by_step(tmp_path):
     assert not list((tmp_path / "5_student").glob("*.keras"))  # nothing trained
 
 
-WRITE_OFFICIAL_CHECKPOINT = """
-import os, sys
-import keras, tensorflow as tf
-from noisy_student_tf.models import build_efficientnet
-from noisy_student_tf.models.official_checkpoint import official_layer_names
-# An EfficientNet-B0 (4 classes, 32 px) saved under the official TF1 variable names,
-# as the released tar.gz holds them: model.ckpt-N.* and a `checkpoint` state file.
-folder = sys.argv[1]
-model = build_efficientnet("efficientnet-b0", 4, input_shape=(32, 32, 3))
-scopes = official_layer_names(model, "efficientnet-b0")
-tensors = {}
-for layer in model.layers:
-    for weight in layer.weights if layer.name in scopes else ():
-        leaf = weight.name
-        if isinstance(layer, keras.layers.DepthwiseConv2D) and leaf == "kernel":
-            leaf = "depthwise_kernel"
-        tensors[f"{scopes[layer.name]}/{leaf}"] = weight.numpy()
-os.makedirs(folder)
-names = sorted(tensors)
-tf.raw_ops.SaveV2(prefix=os.path.join(folder, "model.ckpt-1"), tensor_names=names,
-                  shape_and_slices=[""] * len(names), tensors=[tensors[n] for n in names])
-with open(os.path.join(folder, "checkpoint"), "w") as f:
-    f.write('model_checkpoint_path: "model.ckpt-1"\\n')
-"""
+def _write_official_checkpoint(folder) -> None:
+    """An EfficientNet-B0 (4 classes, 32 px) saved under the official TF1 variable names,
+    as the released tar.gz holds them: model.ckpt-N.* and a `checkpoint` state file."""
+    import keras
+    import tensorflow as tf
+
+    from noisy_student_tf.models import build_efficientnet
+    from noisy_student_tf.models.official_checkpoint import official_layer_names
+
+    model = build_efficientnet("efficientnet-b0", 4, input_shape=(32, 32, 3))
+    scopes = official_layer_names(model, "efficientnet-b0")
+    tensors = {}
+    for layer in model.layers:
+        for weight in layer.weights if layer.name in scopes else ():
+            leaf = weight.name
+            if isinstance(layer, keras.layers.DepthwiseConv2D) and leaf == "kernel":
+                leaf = "depthwise_kernel"
+            tensors[f"{scopes[layer.name]}/{leaf}"] = weight.numpy()
+    os.makedirs(folder)
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(
+        prefix=os.path.join(folder, "model.ckpt-1"),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tensors[n] for n in names],
+    )
+    with open(os.path.join(folder, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "model.ckpt-1"\n')
+
+
 YOUR_IMAGENET_CONFIG = '''
 """imagenet.py:b0 on small record folders, at toy sizes (docs/models.md's example)."""
 from noisy_student_tf.configs import imagenet
@@ -825,9 +829,9 @@ def test_official_and_keras_applications_teachers_through_the_loop(tmp_path):
     paths |= {"/path/to": tmp_path, "--workdir=...": f"--workdir={tmp_path}/from_official"}
     weights = tmp_path / "kw" / "noisy_student_efficientnet-b0.weights.h5"
     paths_ckpt, from_h5 = "/path/to/noisy_student_efficientnet-b0", f"--workdir={tmp_path}/from_h5"
+    _write_official_checkpoint(ckpt)
     run_commands(
         [
-            python_snippet(WRITE_OFFICIAL_CHECKPOINT) + f" {ckpt}",
             sized(OFFICIAL_LABEL, paths, "--batch_size=8"),
             sized(OFFICIAL_LOOP, paths),
             sized(CONVERT, paths),
