@@ -222,22 +222,25 @@ def test_a_second_pipeline_reuses_the_traced_preprocessing_and_gives_the_same_ba
     monkeypatch,
 ):
     """Each model of a loop builds new pipelines; the preprocessing graph is
-    traced once per setting and shape and reused, with unchanged outputs."""
+    traced once per setting and image shape, for every batch size, and reused
+    with unchanged outputs."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     y = np.arange(16) % 4
 
-    def first_batch(magnitude=9):
+    def first_batch(magnitude=9, batch_size=4):
         prep = preprocess.TrainPreprocess(32, RandAugment(2, magnitude, seed=0), small_image=True)
-        batch = next(iter(pipeline.training_dataset((x, y), 4, preprocess=prep, seed=3)))
-        return prep, batch["images"].numpy()
+        ds = pipeline.training_dataset((x, y), batch_size, preprocess=prep, seed=3)
+        return prep, next(iter(ds))["images"].numpy()
 
     prep, first = first_batch()
-    traced = preprocess._TRACED[prep.cache_key()]
+    traced = preprocess._TRACED[(prep.cache_key(), (None, 32, 32, 3), "uint8")]
     traces = traced.experimental_get_tracing_count()
     _, second = first_batch()
+    _, larger = first_batch(batch_size=8)  # another batch size: the same graph
     assert traced.experimental_get_tracing_count() == traces  # reused, not traced again
     np.testing.assert_array_equal(first, second)
+    assert larger.shape == (8, 32, 32, 3)
     other, third = first_batch(magnitude=5)  # another setting: a graph of its own
     assert other.cache_key() != prep.cache_key()
     assert not np.array_equal(first, third)

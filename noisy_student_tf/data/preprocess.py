@@ -524,23 +524,33 @@ class TrainPreprocess:
         For small images the input must already be image_size; for large
         ones any size (the crop resizes), or image_size without crop.
 
-        The graph is traced once per process for each setting and input
-        shape and reused by every later pipeline (each model of a loop
-        builds new ones): tracing RandAugment's sixteen ops took 2-3 s per
-        pipeline on two CPU cores, more than a smoke model's steps. Traced
-        without AutoGraph: the ops branch with tf.cond / switch_case only.
+        The graph is traced once per process for each setting and image
+        shape, whatever the batch size, and reused by every later pipeline
+        (each model of a loop builds new ones, and a student's labeled and
+        pseudo-labeled batches differ in size): tracing RandAugment's sixteen
+        ops took 2-3 s per pipeline on two CPU cores, more than a smoke
+        model's steps. Traced without AutoGraph: the ops branch with tf.cond
+        / switch_case only.
         """
         images = tf.convert_to_tensor(images)
         seed = _key(seed)
-        key = self.cache_key()
-        if key is None:
+        settings = self.cache_key()
+        if settings is None:
             return self._apply(images, seed)
+        shape = images.shape.as_list()
+        spec = tf.TensorSpec([None, *shape[1:]] if len(shape) == 4 else shape, images.dtype)
+        key = (settings, tuple(spec.shape.as_list()), spec.dtype.name)
         traced = _TRACED.get(key)
         if traced is None:
             if len(_TRACED) >= TRACED_PREPROCESS_LIMIT:
                 _TRACED.clear()
-            traced = _TRACED[key] = tf.function(self._apply, autograph=False)
-        return traced(images, seed)
+            signature = [spec, tf.TensorSpec([2], tf.int64)]
+            traced = tf.function(self._apply, input_signature=signature, autograph=False)
+            _TRACED[key] = traced
+        out = traced(images, seed)
+        if len(shape) == 4:  # the batch size the caller's graph knows
+            out = tf.ensure_shape(out, [shape[0], *out.shape[1:]])
+        return out
 
     def _apply(self, images, seed):
         keys = self.keys(seed)
