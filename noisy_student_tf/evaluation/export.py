@@ -229,11 +229,12 @@ def _write(model: keras.Model, endpoints, path: str, options) -> None:
     `non_trainable_variables`) and one tf.function per endpoint, each also an
     attribute of the loaded object. Keras's `ExportArchive` saved the same,
     but first walked every object the model reaches to look for lookup tables
-    (an EfficientNet has none), which took about a third of a small model's
-    export (measured), and it imported `tensorflow.saved_model` by name
-    inside that walk: TensorFlow never registers that name, so a process
-    that had not imported it before searched the disk at the end of a long
-    run and failed there with `ModuleNotFoundError` (issue 20).
+    (an EfficientNet has none): the digits student's export takes 0.81x the
+    time without it (benchmarks/trace_time.py). It also imported
+    `tensorflow.saved_model` by name inside that walk: TensorFlow never
+    registers that name, so a process that had not imported it before
+    searched the disk at the end of a long run and failed there with
+    `ModuleNotFoundError` (issue 20).
     """
     root = tf.__internal__.tracking.AutoTrackable()
     root.variables = list(model.variables)
