@@ -7,8 +7,8 @@ On two CPU cores a small model's run is mostly graph building, not
 arithmetic; each pair below times one such cost with the code before and
 after a change, alternating in one process.
 
-First step: Keras's Adam against FusedAdam.
-Every model the loop trains starts with one traced train step; on CPU the
+First step, Keras's Adam against FusedAdam: every model the loop trains
+starts with one traced train step; on CPU the
 small digits EfficientNet (B0 w0.25 d0.25, small-image, 32 px, 192
 variables) spent about as long tracing Keras's per-variable Adam update as
 its forward and backward passes together. Each round builds that model

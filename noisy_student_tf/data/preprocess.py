@@ -535,7 +535,7 @@ class TrainPreprocess:
         images = tf.convert_to_tensor(images)
         seed = _key(seed)
         settings = self.cache_key()
-        if settings is None:
+        if settings is None or images.shape.rank is None:
             return self._apply(images, seed)
         shape = images.shape.as_list()
         spec = tf.TensorSpec([None, *shape[1:]] if len(shape) == 4 else shape, images.dtype)
