@@ -756,28 +756,15 @@ def _write_official_checkpoint(folder) -> None:
     """An EfficientNet-B0 (4 classes, 32 px) saved under the official TF1 variable names,
     as the released tar.gz holds them: model.ckpt-N.* and a `checkpoint` state file."""
     import keras
-    import tensorflow as tf
+    from test_official_checkpoint import official_names, write_checkpoint
 
     from noisy_student_tf.models import build_efficientnet
-    from noisy_student_tf.models.official_checkpoint import official_layer_names
 
     model = build_efficientnet("efficientnet-b0", 4, input_shape=(32, 32, 3))
-    scopes = official_layer_names(model, "efficientnet-b0")
-    tensors = {}
-    for layer in model.layers:
-        for weight in layer.weights if layer.name in scopes else ():
-            leaf = weight.name
-            if isinstance(layer, keras.layers.DepthwiseConv2D) and leaf == "kernel":
-                leaf = "depthwise_kernel"
-            tensors[f"{scopes[layer.name]}/{leaf}"] = weight.numpy()
+    scope = "efficientnet-b0"
+    tensors = {name: keras.ops.convert_to_numpy(w) for name, w in official_names(model, scope)}
     os.makedirs(folder)
-    names = sorted(tensors)
-    tf.raw_ops.SaveV2(
-        prefix=os.path.join(folder, "model.ckpt-1"),
-        tensor_names=names,
-        shape_and_slices=[""] * len(names),
-        tensors=[tensors[n] for n in names],
-    )
+    write_checkpoint(os.path.join(folder, "model.ckpt-1"), tensors)
     with open(os.path.join(folder, "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "model.ckpt-1"\n')
 
